@@ -1,0 +1,186 @@
+"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+
+Each YAML option under conf/ names its schema in its defaults list, so a misspelt key or a value
+of the wrong type fails while Hydra composes the config, before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# ---------------------------------------------------------------- dataset
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    image_size: int = 64  # side of the square images the model sees (the prepared cache's size)
+    split: str = "official"  # how images are assigned to train / val / test
+    val_fraction: float = 0.1  # share of train_val patients held out for validation
+    split_seed: int = 0
+    cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
+
+
+@dataclass
+class SyntheticGeneratorConfig:
+    n_patients: int = 400
+    mean_images_per_patient: float = 3.0
+    resolution: int = 128  # side of the generated PNGs
+    test_fraction: float = 0.2  # share of patients written to test_list.txt
+    seed: int = 0
+    strength: float = 1.0  # contrast of each disease's visual trace
+    noise: float = 0.06  # std of pixel noise, in units of the full grey range
+    min_prevalence: float = 0.0  # floor on each disease's prevalence, so small sets have positives
+    followup_correlation: float = 0.7  # how much a patient's follow-up images share findings
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetConfig):
+    name: str = "synthetic"
+    root: str = "data/synthetic"  # generated datasets live in subfolders named by their fingerprint
+    generator: SyntheticGeneratorConfig = field(default_factory=SyntheticGeneratorConfig)
+
+
+@dataclass
+class NihDatasetConfig(DatasetConfig):
+    name: str = "nih"
+    root: str = MISSING  # folder holding Data_Entry_2017*.csv, the split lists and the images
+    image_size: int = 320
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class SmallCnnConfig(ModelConfig):
+    name: str = "small_cnn"
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64])
+    dense_units: int = 64
+    dropout: float = 0.2
+    l2: float = 0.0
+
+
+# ---------------------------------------------------------------- loss
+@dataclass
+class LossConfig:
+    name: str = MISSING
+
+
+@dataclass
+class BceConfig(LossConfig):
+    name: str = "bce"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class DynamicBceConfig(LossConfig):
+    name: str = "dynamic_bce"
+    smoothing_factor: float = 0.1  # pulls each batch's positive ratio toward 0.5
+    epsilon: float = 1e-7
+
+
+# ---------------------------------------------------------------- trainer
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    shuffle_buffer: int = 2048
+    deterministic: bool = False  # bit-exact TensorFlow ops: reproducible, slower
+    verbose: Any = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
+
+
+# ---------------------------------------------------------------- callbacks
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: str = "min"
+    patience: int = 10
+    min_delta: float = 1e-5
+    restore_best_weights: bool = True
+
+
+@dataclass
+class ReduceLrConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: str = "min"
+    factor: float = 0.5
+    patience: int = 3
+    min_delta: float = 1e-4
+    min_lr: float = 1e-6
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    monitor: str = "val_loss"
+    mode: str = "min"
+    filename: str = "weights.{epoch:04d}-{val_loss:.5f}.keras"
+    save_best_only: bool = True
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    reduce_lr: ReduceLrConfig = field(default_factory=ReduceLrConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    csv_history: bool = True
+
+
+# ---------------------------------------------------------------- tracking
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"  # used when an experiment is first created
+    experiment_name: str = "cxr"
+    run_name: str | None = None
+    log_model: bool = True
+    registered_model_name: str | None = None  # also register the model under this name
+
+
+# ---------------------------------------------------------------- top level
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    loss: LossConfig = MISSING
+    callbacks: CallbacksConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    seed: int = 42
+    output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
+
+
+SCHEMAS: dict[tuple[str | None, str], type] = {
+    (None, "config_schema"): Config,
+    ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
+    ("dataset", "schema_nih"): NihDatasetConfig,
+    ("model", "schema_small_cnn"): SmallCnnConfig,
+    ("loss", "schema_bce"): BceConfig,
+    ("loss", "schema_dynamic_bce"): DynamicBceConfig,
+    ("trainer", "schema"): TrainerConfig,
+    ("callbacks", "schema"): CallbacksConfig,
+    ("tracking", "schema"): TrackingConfig,
+}
+
+
+def register_configs() -> None:
+    """Idempotent: Hydra apps and tests both call it before composing."""
+    cs = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        cs.store(group=group, name=name, node=node)

@@ -1,0 +1,48 @@
+"""tf.data input pipeline over the prepared uint8 cache: grey to RGB, DenseNet preprocessing, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from keras.applications import densenet
+
+
+def preprocess(images: tf.Tensor) -> tf.Tensor:
+    """(B, H, W) uint8 grey -> (B, H, W, 3) float32 normalised as DenseNet's ImageNet weights expect."""
+    rgb = tf.image.grayscale_to_rgb(tf.cast(images, tf.float32)[..., None])
+    return densenet.preprocess_input(rgb)
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    shuffle_buffer: int = 2048,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """Batches of (x, y) for the given rows; reads only those rows of the memory-mapped cache."""
+    size = images.shape[1]
+    labels = labels.astype(np.float32)
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(idx)  # memory-map reads in file order, results back in batch order
+        x = np.empty((len(idx), size, size), dtype=np.uint8)
+        x[order] = images[idx[order]]
+        return x, labels[idx]
+
+    def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(gather, [idx], (tf.uint8, tf.float32))
+        x.set_shape((None, size, size))
+        y.set_shape((None, labels.shape[1]))
+        return preprocess(x), y
+
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(rows, dtype=np.int64))
+    if training:
+        ds = ds.shuffle(min(len(rows), shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

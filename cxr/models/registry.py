@@ -1,0 +1,3 @@
+from cxr.registry import Registry
+
+MODELS: Registry = Registry("model")

@@ -1,0 +1,27 @@
+"""A few conv blocks and a small dense head: trains in seconds on a CPU, for demos, screens and tests."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from cxr.models.registry import MODELS
+
+
+@MODELS.register("small_cnn")
+def build_small_cnn(cfg, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate(cfg.filters):
+        x = layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{i}"
+        )(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(cfg.dense_units, activation="relu", kernel_regularizer=reg, name="dense")(x)
+    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")

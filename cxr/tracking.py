@@ -1,0 +1,140 @@
+"""MLflow plumbing: the store, run metadata, per-epoch metrics and the logged model."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from cxr.errors import CxrError
+
+_KERAS_RENAMES = {"loss": "train_loss", "learning_rate": "lr"}
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def _artifact_location(root: str, experiment_name: str) -> str:
+    leaf = re.sub(r"[^\w.-]+", "_", experiment_name)
+    if "://" in root:
+        return f"{root.rstrip('/')}/{leaf}"
+    return (Path(root).expanduser().resolve() / leaf).as_uri()
+
+
+def configure(cfg) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    db = _sqlite_path(cfg.uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+        if experiment is None:
+            experiment_id = mlflow.create_experiment(
+                cfg.experiment_name,
+                artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name),
+            )
+        else:
+            experiment_id = experiment.experiment_id
+    except mlflow.exceptions.MlflowException as err:
+        raise CxrError(f"MLflow store {cfg.uri} is not usable: {err}") from None
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat MLflow params (`trainer.optimizer.learning_rate` ...)."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("output_dir", None)
+    return flatten(tree)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags(overrides: list[str]) -> dict[str, str]:
+    tags = {"hydra.overrides": " ".join(overrides) if overrides else "(none)"}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    return tags
+
+
+def keras_metric_name(name: str) -> str:
+    if name in _KERAS_RENAMES:
+        return _KERAS_RENAMES[name]
+    return name if name.startswith("val_") else f"train_{name}"
+
+
+def epoch_logger():
+    """A Keras callback that logs every epoch's training and validation metrics to the active run."""
+    import keras
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            metrics = {keras_metric_name(k): float(v) for k, v in (logs or {}).items()}
+            if metrics:
+                mlflow.log_metrics(metrics, step=epoch)
+
+    return MlflowEpochLogger()
+
+
+def log_keras_model(model, image_size: int, registered_model_name: str | None = None):
+    """Log the model with a tensor signature and pinned requirements (inferring them costs seconds)."""
+    import keras
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, 3), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.output_shape[-1]), "predictions")]),
+    )
+    return mlflow.keras.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=[
+            f"tensorflow=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+        registered_model_name=registered_model_name,
+    )
+
+
+def ui_command(uri: str) -> str:
+    """How to look at the runs: a local store needs `mlflow ui`, a server is already one."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"

@@ -1,0 +1,120 @@
+"""`python -m cxr.train`: one training run from the composed config, tracked in MLflow.
+
+Returns the mean validation AUC, the value that sweeps optimise.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from cxr.config import register_configs
+from cxr.data.datasets import load_table
+from cxr.data.prepare import prepare
+from cxr.data.splits import SPLIT_NAMES
+from cxr.errors import exit_on_user_error
+from cxr.labels import DISEASES
+
+register_configs()
+
+
+def _save_split(table: pd.DataFrame, output_dir: Path) -> Path:
+    path = output_dir / "split.csv"
+    table[["Image Index", "Patient ID", "split"]].to_csv(path, index=False)
+    return path
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
+    """Data -> model -> fit -> evaluation, all logged to one MLflow run; returns val_auc_mean."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = load_table(cfg.dataset)
+    images = prepare(table["path"].tolist(), cfg.dataset.image_size, cfg.dataset.cache_dir)
+    labels = table[list(DISEASES)].to_numpy(dtype=np.float32)
+    rows = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in SPLIT_NAMES}
+
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from cxr import tracking
+    from cxr.callbacks import build_callbacks
+    from cxr.data.pipeline import make_dataset
+    from cxr.evaluation import auc_metrics
+    from cxr.losses import build_loss
+    from cxr.models import build_model
+    from cxr.optimizers import build_optimizer
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    t = cfg.trainer
+
+    def dataset(split: str, training: bool):
+        return make_dataset(
+            images,
+            labels,
+            rows[split],
+            t.batch_size,
+            training,
+            cfg.seed,
+            t.shuffle_buffer,
+            t.deterministic or not training,
+        )
+
+    tracking.configure(cfg.tracking)
+    with mlflow.start_run(run_name=cfg.tracking.run_name) as run:
+        mlflow.set_tags(tracking.run_tags(overrides or []))
+        mlflow.log_params(tracking.config_params(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_artifact(str(_save_split(table, output_dir)))
+        mlflow.log_metrics({f"n_{s}_images": float(len(r)) for s, r in rows.items()})
+
+        model = build_model(cfg.model, cfg.dataset.image_size, len(DISEASES))
+        model.compile(
+            optimizer=build_optimizer(t.optimizer),
+            loss=build_loss(cfg.loss),
+            metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(DISEASES), name="auc")],
+        )
+        history = model.fit(
+            dataset("train", training=True),
+            validation_data=dataset("val", training=False),
+            epochs=t.epochs,
+            shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
+            callbacks=[*build_callbacks(cfg.callbacks, output_dir), tracking.epoch_logger()],
+            verbose=t.verbose,
+        )
+        mlflow.log_metric("epochs_trained", len(history.epoch))
+
+        results: dict[str, float] = {}
+        for split in ("val", "test"):
+            scores = model.predict(dataset(split, training=False), verbose=0)
+            results.update(auc_metrics(split, labels[rows[split]], scores))
+        mlflow.log_metrics(results)
+        if (output_dir / "history.csv").is_file():
+            mlflow.log_artifact(str(output_dir / "history.csv"))
+        if cfg.tracking.log_model:
+            tracking.log_keras_model(model, cfg.dataset.image_size, cfg.tracking.registered_model_name)
+
+    experiment = cfg.tracking.experiment_name
+    print(f"\nMLflow run {run.info.run_id} (experiment {experiment!r}, store {cfg.tracking.uri})")
+    print(f"mean AUC: validation {results['val_auc_mean']:.4f}, test {results['test_auc_mean']:.4f}")
+    print(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}", flush=True)
+    return results["val_auc_mean"]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    return train(cfg, list(HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Shared fixtures: configs composed through Hydra's compose API against throwaway stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from cxr.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A dataset and model small enough that a whole training run takes seconds on a CPU.
+TINY = [
+    "dataset.image_size=32",
+    "dataset.generator.n_patients=80",
+    "dataset.generator.resolution=48",
+    "dataset.generator.min_prevalence=0.15",
+    "model.filters=[8,16]",
+    "model.dense_units=16",
+    "trainer.epochs=2",
+    "trainer.batch_size=32",
+    "trainer.verbose=0",
+]
+
+
+def store_overrides(tmp: Path) -> list[str]:
+    return [
+        f"dataset.root={tmp}/synthetic",
+        f"dataset.cache_dir={tmp}/prepared",
+        f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db",
+        f"tracking.artifact_root={tmp}/mlruns/artifacts",
+        f"output_dir={tmp}/output",
+    ]
+
+
+@contextmanager
+def hydra_compose():
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            yield lambda overrides=(): compose("config", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(overrides) -> the DictConfig `python -m cxr.train <overrides>` would get."""
+    with hydra_compose() as compose_fn:
+        yield compose_fn
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` from the repository root, as a user types it."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = os.environ.get("CXR_SHARED_DATA")
+    if not path:
+        pytest.skip("CXR_SHARED_DATA is not set (it points at ../shared/data; .ci/run sets it)")
+    return Path(path)
