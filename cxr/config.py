@@ -15,13 +15,27 @@ from omegaconf import MISSING
 
 # ---------------------------------------------------------------- dataset
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation; each 0 (or false) disables that transform."""
+
+    rotation_degrees: float = 0.0  # random rotation in [-d, d] degrees
+    shift_fraction: float = 0.0  # random shift up to this share of the side, both axes
+    brightness: float = 0.0  # random brightness change up to this share of the grey range
+    contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]
+    horizontal_flip: bool = False  # off by default: anatomy is not left-right symmetric
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING
     image_size: int = 64  # side of the square images the model sees (the prepared cache's size)
-    split: str = "official"  # how images are assigned to train / val / test
-    val_fraction: float = 0.1  # share of train_val patients held out for validation
+    split: str = "official"  # official (NIH test list) or random (patient-level, stratified)
+    val_fraction: float = 0.1  # official split: share of train_val images held out for validation
+    split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # random: train/val/test
     split_seed: int = 0
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
+    allow_missing_images: bool = False  # true: go on with the images present after listing the missing
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -47,7 +61,7 @@ class SyntheticDatasetConfig(DatasetConfig):
 @dataclass
 class NihDatasetConfig(DatasetConfig):
     name: str = "nih"
-    root: str = MISSING  # folder holding Data_Entry_2017*.csv, the split lists and the images
+    root: str = ""  # folder holding Data_Entry_2017*.csv, the split lists and the images
     image_size: int = 320
 
 

@@ -18,7 +18,7 @@ from cxr.config import register_configs
 from cxr.data.datasets import load_table
 from cxr.data.prepare import prepare
 from cxr.data.splits import SPLIT_NAMES
-from cxr.errors import exit_on_user_error
+from cxr.errors import CxrError, exit_on_user_error
 from cxr.labels import DISEASES
 
 register_configs()
@@ -30,14 +30,30 @@ def _save_split(table: pd.DataFrame, output_dir: Path) -> Path:
     return path
 
 
+def usable_rows(table: pd.DataFrame, failures: dict[int, str]) -> dict[str, np.ndarray]:
+    """Row indices of each split, leaving out (and naming) images the cache could not read."""
+    if failures:
+        listed = "\n  ".join(list(failures.values())[:10])
+        print(f"cxr: warning: {len(failures)} unreadable image(s) left out:\n  {listed}", file=sys.stderr)
+    keep = np.ones(len(table), dtype=bool)
+    keep[list(failures)] = False
+    split = table["split"].to_numpy()
+    rows = {s: np.flatnonzero((split == s) & keep) for s in SPLIT_NAMES}
+    empty = [s for s, r in rows.items() if len(r) == 0]
+    if empty:
+        raise CxrError(f"no readable images left in the {', '.join(empty)} split(s)")
+    return rows
+
+
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """Data -> model -> fit -> evaluation, all logged to one MLflow run; returns val_auc_mean."""
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     table = load_table(cfg.dataset)
-    images = prepare(table["path"].tolist(), cfg.dataset.image_size, cfg.dataset.cache_dir)
+    prepared = prepare(table["path"].tolist(), cfg.dataset.image_size, cfg.dataset.cache_dir)
+    images = prepared.images
     labels = table[list(DISEASES)].to_numpy(dtype=np.float32)
-    rows = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in SPLIT_NAMES}
+    rows = usable_rows(table, prepared.failures)
 
     import keras
     import mlflow
@@ -67,6 +83,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             cfg.seed,
             t.shuffle_buffer,
             t.deterministic or not training,
+            cfg.dataset.augment if training else None,
         )
 
     tracking.configure(cfg.tracking)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 KEPT_COLUMNS = ("Follow-up #", "Patient Age", "Patient Gender", "View Position")
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+BBOX_FILE = "BBox_List_2017.csv"
+BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # the box file's name for a label-file finding
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class NihRelease:
     train_val: list[str]
     test: list[str]
     root: Path
+    bboxes: pd.DataFrame | None = None  # expert boxes on some test images, when the release has them
 
 
 def find_label_file(root: Path) -> Path:
@@ -97,7 +101,22 @@ def read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_release(root: str | os.PathLike) -> NihRelease:
+def read_bboxes(path: Path) -> pd.DataFrame:
+    """Image Index, Finding Label (label-file spelling), x, y, w, h: one row per box."""
+    raw = pd.read_csv(path, header=0)
+    if raw.shape[1] < 6:
+        raise CxrError(f"{path}: expected Image Index, Finding Label and 4 box columns, got {list(raw.columns)}")
+    boxes = raw.iloc[:, :6].copy()
+    boxes.columns = ["Image Index", "Finding Label", "x", "y", "w", "h"]
+    boxes["Finding Label"] = boxes["Finding Label"].replace(BBOX_SPELLING)
+    unknown = sorted(set(boxes["Finding Label"]) - set(DISEASES))
+    if unknown:
+        raise CxrError(f"{path}: unknown finding(s) {unknown}")
+    return boxes
+
+
+def load_release(root: str | os.PathLike, allow_missing_images: bool = False) -> NihRelease:
+    """The release under `root`; images listed but absent are an error unless allowed, then dropped."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CxrError(f"dataset folder {root} does not exist; set dataset.root to the ChestX-ray14 folder")
@@ -106,10 +125,22 @@ def load_release(root: str | os.PathLike) -> NihRelease:
     files = find_images(root)
     paths = meta["Image Index"].map(files)
     missing = meta.loc[paths.isna(), "Image Index"]
+    train_val, test = read_list(root / TRAIN_VAL_LIST), read_list(root / TEST_LIST)
     if len(missing):
-        raise CxrError(
-            f"{len(missing)} of {len(meta)} images listed in {label_file.name} are not under {root}/images "
-            f"or {root}/images_*/images (first: {', '.join(missing.iloc[:5])}); unpack all image tarballs there"
-        )
+        where = f"{root}/images or {root}/images_*/images"
+        summary = f"{len(missing)} of {len(meta)} images listed in {label_file.name} are not under {where}"
+        first = ", ".join(missing.iloc[:5])
+        if not allow_missing_images:
+            raise CxrError(
+                f"{summary} (first: {first}); unpack all image tarballs there, "
+                "or pass dataset.allow_missing_images=true to train on the images present"
+            )
+        print(f"cxr: warning: {summary}; going on without them (first: {first})", file=sys.stderr)
+        absent = set(missing)
+        meta = meta[paths.notna()].reset_index(drop=True)
+        paths = paths[paths.notna()].reset_index(drop=True)
+        train_val = [n for n in train_val if n not in absent]
+        test = [n for n in test if n not in absent]
     meta["path"] = paths.astype(str)
-    return NihRelease(meta, read_list(root / TRAIN_VAL_LIST), read_list(root / TEST_LIST), root)
+    bboxes = read_bboxes(root / BBOX_FILE) if (root / BBOX_FILE).is_file() else None
+    return NihRelease(meta, train_val, test, root, bboxes)

@@ -13,6 +13,26 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
     return densenet.preprocess_input(rgb)
 
 
+def augmenter(cfg, seed: int):
+    """Keras preprocessing layers for the configured transforms, or None when all are off."""
+    import keras
+
+    steps = []
+    if cfg.rotation_degrees:
+        steps.append(keras.layers.RandomRotation(cfg.rotation_degrees / 360.0, fill_mode="constant", seed=seed))
+    if cfg.shift_fraction:
+        steps.append(
+            keras.layers.RandomTranslation(cfg.shift_fraction, cfg.shift_fraction, fill_mode="constant", seed=seed)
+        )
+    if cfg.brightness:
+        steps.append(keras.layers.RandomBrightness(cfg.brightness, value_range=(0.0, 255.0), seed=seed))
+    if cfg.contrast:
+        steps.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0.0, 255.0), seed=seed))
+    if cfg.horizontal_flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    return keras.Sequential(steps, name="augment") if steps else None
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -22,9 +42,14 @@ def make_dataset(
     seed: int,
     shuffle_buffer: int = 2048,
     deterministic: bool = True,
+    augment=None,
 ) -> tf.data.Dataset:
-    """Batches of (x, y) for the given rows; reads only those rows of the memory-mapped cache."""
+    """Batches of (x, y) for the given rows; reads only those rows of the memory-mapped cache.
+
+    `augment` (an AugmentConfig) applies random transforms to the grey images before preprocessing.
+    """
     size = images.shape[1]
+    transform = augmenter(augment, seed) if augment is not None else None
     labels = labels.astype(np.float32)
 
     def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +62,9 @@ def make_dataset(
         x, y = tf.numpy_function(gather, [idx], (tf.uint8, tf.float32))
         x.set_shape((None, size, size))
         y.set_shape((None, labels.shape[1]))
+        if transform is not None:
+            x = tf.squeeze(transform(tf.cast(x, tf.float32)[..., None], training=True), -1)
+            x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
         return preprocess(x), y
 
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(rows, dtype=np.int64))

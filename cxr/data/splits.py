@@ -1,55 +1,106 @@
-"""Assign every image to train, val or test; no patient ever spans two splits."""
+"""Assign every image to train, val or test; no patient ever spans two splits.
+
+Patients carry different numbers of images and of positive images, so stratifying patient-level
+0/1 label vectors (what a library call does) leaves rare findings badly unbalanced at image level.
+`stratify_patients` instead balances, for every split, the image count and each finding's count of
+positive images, assigning whole patients greedily, rarest findings first.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from cxr.errors import CxrError
+from cxr.labels import DISEASES
 from cxr.registry import Registry
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLITS: Registry = Registry("split")
 
 
+def stratify_patients(meta: pd.DataFrame, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """Index into `fractions` for every row of `meta`, whole patients at a time."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.ndim != 1 or np.any(fractions <= 0) or not np.isclose(fractions.sum(), 1.0):
+        raise CxrError(f"split fractions must be positive and sum to 1, got {fractions.tolist()}")
+    codes, patients = pd.factorize(meta["Patient ID"])
+    per_image = np.concatenate([np.ones((len(meta), 1)), meta[list(DISEASES)].to_numpy(np.float64)], axis=1)
+    counts = np.zeros((len(patients), per_image.shape[1]))
+    np.add.at(counts, codes, per_image)  # per patient: images, positive images of each finding
+    totals = counts.sum(axis=0)
+    target = fractions[:, None] * totals[None, :]
+    current = np.zeros_like(target)
+    inv_totals = 1.0 / np.maximum(totals, 1.0)
+    inv_target = 1.0 / np.maximum(target, 1e-9)
+
+    rng = np.random.default_rng(seed)
+    rarity = np.where(counts[:, 1:] > 0, inv_totals[None, 1:], 0.0).max(axis=1)
+    order = np.lexsort((rng.random(len(patients)), -counts[:, 0], -rarity))
+    assignment = np.empty(len(patients), dtype=np.int64)
+    for p in order:
+        c = counts[p]
+        need = (target - current) * inv_target  # share of each split's quota still open
+        split = int(np.argmax((need * (c * inv_totals)).sum(axis=1)))
+        assignment[p] = split
+        current[split] += c
+    return assignment[codes]
+
+
+def prevalence_deviation(meta: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """|p_split - p_all| / p_all per finding (rows) and split (columns): how stratified a split is."""
+    labels = meta[list(DISEASES)]
+    overall = labels.mean()
+    return pd.DataFrame(
+        {s: (labels[split == s].mean() - overall).abs() / overall for s in SPLIT_NAMES if (split == s).any()}
+    )
+
+
 def _check_known(names: list[str], known: pd.Series, list_name: str) -> None:
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise CxrError(
-            f"{list_name} names {len(unknown)} image(s) absent from the label file (first: {', '.join(unknown[:5])})"
+            f"{list_name} names {len(unknown)} image(s) absent from the label file "
+            f"(first: {', '.join(unknown[:5])}); is it the list of the same release?"
         )
 
 
-def carve_patients(patients: np.ndarray, fraction: float, seed: int) -> set:
-    """A random share of distinct patients, so held-out images never share a patient with training."""
-    if not 0.0 < fraction < 1.0:
-        raise CxrError(f"dataset.val_fraction must be between 0 and 1, got {fraction}")
-    unique = np.unique(patients)
-    n = max(1, int(round(len(unique) * fraction)))
-    return set(np.random.default_rng(seed).permutation(unique)[:n].tolist())
-
-
 @SPLITS.register("official")
-def official_split(
-    meta: pd.DataFrame, train_val: list[str], test: list[str], val_fraction: float, seed: int
-) -> pd.Series:
-    """The NIH test list is the test set; validation patients are carved out of train_val."""
+def official_split(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd.Series:
+    """The NIH test list is the test set; validation patients are carved out of train_val, stratified."""
     _check_known(train_val, meta["Image Index"], "train_val_list.txt")
     _check_known(test, meta["Image Index"], "test_list.txt")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise CxrError(f"dataset.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     split = pd.Series(pd.NA, index=meta.index, dtype="object")
     split[meta["Image Index"].isin(test)] = "test"
     in_train_val = meta["Image Index"].isin(train_val) & split.isna()
-    val_patients = carve_patients(meta.loc[in_train_val, "Patient ID"].to_numpy(), val_fraction, seed)
-    split[in_train_val] = np.where(meta.loc[in_train_val, "Patient ID"].isin(val_patients), "val", "train")
+    if in_train_val.any():
+        part = stratify_patients(meta[in_train_val], [1 - cfg.val_fraction, cfg.val_fraction], cfg.split_seed)
+        split[in_train_val] = np.array(["train", "val"])[part]
     return split
 
 
-def assign(name: str, meta: pd.DataFrame, train_val: list[str], test: list[str], val_fraction: float, seed: int):
-    split = SPLITS.get(name)(meta, train_val, test, val_fraction, seed)
+@SPLITS.register("random")
+def random_split(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd.Series:
+    """The 2025 study's 90/5/5 (or `dataset.split_fractions`), patient-level and stratified."""
+    part = stratify_patients(meta, cfg.split_fractions, cfg.split_seed)
+    return pd.Series(np.array(SPLIT_NAMES)[part], index=meta.index, dtype="object")
+
+
+def assign(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd.Series:
+    """The split column for `meta` as configured; errors if a split ends empty."""
+    split = SPLITS.get(cfg.split)(meta, train_val, test, cfg)
     counts = split.value_counts()
     empty = [s for s in SPLIT_NAMES if counts.get(s, 0) == 0]
     if empty:
-        raise CxrError(f"split {name!r} left {', '.join(empty)} empty ({dict(counts)}); use a larger dataset")
+        raise CxrError(
+            f"dataset.split={cfg.split} leaves {', '.join(empty)} empty "
+            f"(train/val/test images: {[int(counts.get(s, 0)) for s in SPLIT_NAMES]}); "
+            "use more images or other fractions"
+        )
     shared = meta.assign(split=split).dropna(subset=["split"]).groupby("Patient ID")["split"].nunique()
     if (shared > 1).any():  # a guard on the invariant, not a user error
         raise AssertionError(f"patients in two splits: {list(shared[shared > 1].index[:5])}")
