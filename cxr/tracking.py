@@ -117,7 +117,7 @@ def log_keras_model(model, image_size: int, registered_model_name: str | None = 
     from mlflow.types import Schema, TensorSpec
 
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, 3), "image")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 1), "image")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.output_shape[-1]), "predictions")]),
     )
     return mlflow.keras.log_model(

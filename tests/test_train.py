@@ -70,10 +70,10 @@ def test_logged_model_loads_and_predicts(finished):
     mlflow.set_tracking_uri(cfg.tracking.uri)
     model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
     size = cfg.dataset.image_size
-    out = model.predict(np.zeros((2, size, size, 3), np.float32), verbose=0)
+    out = model.predict(np.zeros((2, size, size, 1), np.uint8), verbose=0)
     assert out.shape == (2, len(DISEASES)) and np.all((out >= 0) & (out <= 1))
     info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
-    assert info.signature.inputs.inputs[0].shape == (-1, size, size, 3)
+    assert info.signature.inputs.inputs[0].shape == (-1, size, size, 1)
 
 
 def _only_run(cfg):

@@ -1,15 +1,21 @@
-"""Model registry: `model.name` picks a builder; each returns an uncompiled Keras model."""
+"""Model registry: `model.name` picks a builder that maps the preprocessed image tensor to 14 outputs.
+
+Every model takes raw grey images, (N, size, size, 1) uint8, and starts with GreyToImageNet.
+"""
 
 from __future__ import annotations
 
 import keras
 
 from cxr.models import small_cnn as _small_cnn  # noqa: F401  (registers itself)
+from cxr.models.layers import GreyToImageNet
 from cxr.models.registry import MODELS
 
 
 def build_model(cfg, image_size: int, num_classes: int) -> keras.Model:
-    return MODELS.get(cfg.name)(cfg, (image_size, image_size, 3), num_classes)
+    inputs = keras.Input(shape=(image_size, image_size, 1), dtype="uint8", name="image")
+    outputs = MODELS.get(cfg.name)(cfg, GreyToImageNet(name="preprocess")(inputs), num_classes)
+    return keras.Model(inputs, outputs, name=cfg.name)
 
 
 __all__ = ["MODELS", "build_model"]

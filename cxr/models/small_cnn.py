@@ -9,10 +9,8 @@ from cxr.models.registry import MODELS
 
 
 @MODELS.register("small_cnn")
-def build_small_cnn(cfg, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def build_small_cnn(cfg, x, num_classes: int):
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
     for i, filters in enumerate(cfg.filters):
         x = layers.Conv2D(
             filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{i}"
@@ -23,5 +21,4 @@ def build_small_cnn(cfg, input_shape: tuple[int, int, int], num_classes: int) ->
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(cfg.dense_units, activation="relu", kernel_regularizer=reg, name="dense")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
-    return keras.Model(inputs, outputs, name="small_cnn")
+    return layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
