@@ -49,9 +49,13 @@ _SHARED_LOADING = 0.35
 _FACTOR_LOADING = 0.75
 
 
+def _settings(cfg: SyntheticGeneratorConfig) -> dict:
+    """The generator settings as a plain dict, from the dataclass or from Hydra's DictConfig alike."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
 def fingerprint(cfg: SyntheticGeneratorConfig) -> str:
-    payload = json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def prevalences(min_prevalence: float) -> np.ndarray:
@@ -259,8 +263,7 @@ def ensure_dataset(cfg: SyntheticGeneratorConfig, root: str | os.PathLike) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         write_dataset(cfg, tmp)
-        settings = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-        (tmp / MANIFEST).write_text(json.dumps(settings, indent=2, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps(_settings(cfg), indent=2, sort_keys=True))
         try:
             os.replace(tmp, folder)
         except OSError:
