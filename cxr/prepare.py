@@ -29,9 +29,7 @@ def run(cfg: DictConfig) -> int:
     n = len(table)
     print(f"\n{n} images at {cfg.dataset.image_size}px in {prepared.folder} ({seconds:.1f} s)")
     if prepared.failures:
-        print(f"{len(prepared.failures)} image(s) could not be read and are left out of training:")
-        for reason in prepared.failures.values():
-            print(f"  {reason}")
+        print(f"{prepared.failure_report()}\nThey are left out of training.")
     else:
         print("all images read")
     return len(prepared.failures)

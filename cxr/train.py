@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxr.config import register_configs
 from cxr.data.datasets import load_table
-from cxr.data.prepare import prepare
+from cxr.data.prepare import PreparedImages, prepare
 from cxr.data.splits import SPLIT_NAMES
 from cxr.errors import CxrError, exit_on_user_error
 from cxr.labels import DISEASES
@@ -30,13 +30,12 @@ def _save_split(table: pd.DataFrame, output_dir: Path) -> Path:
     return path
 
 
-def usable_rows(table: pd.DataFrame, failures: dict[int, str]) -> dict[str, np.ndarray]:
+def usable_rows(table: pd.DataFrame, prepared: PreparedImages) -> dict[str, np.ndarray]:
     """Row indices of each split, leaving out (and naming) images the cache could not read."""
-    if failures:
-        listed = "\n  ".join(list(failures.values())[:10])
-        print(f"cxr: warning: {len(failures)} unreadable image(s) left out:\n  {listed}", file=sys.stderr)
+    if prepared.failures:
+        print(f"cxr: warning: {prepared.failure_report(limit=10)}\nThey are left out.", file=sys.stderr)
     keep = np.ones(len(table), dtype=bool)
-    keep[list(failures)] = False
+    keep[list(prepared.failures)] = False
     split = table["split"].to_numpy()
     rows = {s: np.flatnonzero((split == s) & keep) for s in SPLIT_NAMES}
     empty = [s for s, r in rows.items() if len(r) == 0]
@@ -53,7 +52,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     prepared = prepare(table["path"].tolist(), cfg.dataset.image_size, cfg.dataset.cache_dir)
     images = prepared.images
     labels = table[list(DISEASES)].to_numpy(dtype=np.float32)
-    rows = usable_rows(table, prepared.failures)
+    rows = usable_rows(table, prepared)
 
     import keras
     import mlflow

@@ -225,6 +225,9 @@ def test_prepare_accepts_16_bit_and_rgba_and_reports_broken_files(tmp_path):
     assert np.all(prepared.images[1] == 200)
     assert sorted(prepared.failures) == [2, 3]
     assert "broken.png" in prepared.failures[2] and "absent.png" in prepared.failures[3]
+    report = prepared.failure_report(limit=1)
+    assert report.startswith("2 image(s) could not be read:") and "broken.png" in report
+    assert "absent.png" not in report and "... and 1 more" in report
 
 
 def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
@@ -291,6 +294,39 @@ def test_prepare_cli_reports_and_resumes(tmp_path):
     assert "all images read" in first.stdout and "16px" in first.stdout
     again = run_cli("cxr.prepare", *args)
     assert again.returncode == 0 and "all images read" in again.stdout
+
+
+def test_prepare_cli_lists_unreadable_images_and_training_leaves_them_out(tmp_path):
+    args = [
+        "dataset.generator.n_patients=30",
+        "dataset.generator.resolution=32",
+        f"dataset.root={tmp_path}/syn",
+        f"dataset.cache_dir={tmp_path}/cache",
+        f"hydra.run.dir={tmp_path}/hydra",
+    ]
+    assert run_cli("cxr.prepare", *args, "dataset.image_size=16").returncode == 0
+    (victim,) = list((tmp_path / "syn").glob("synthetic-*/images/00000003_000.png"))
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated, as after a broken download
+    out = run_cli("cxr.prepare", *args, "dataset.image_size=24")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 image(s) could not be read:" in out.stdout and "00000003_000.png" in out.stdout
+
+    from cxr.train import usable_rows
+
+    table = load_table(_synthetic_cfg(tmp_path))  # the same generated set the CLI used
+    prepared = prepare.prepare(table["path"].tolist(), 24, tmp_path / "cache")
+    rows = usable_rows(table, prepared)
+    kept = np.concatenate(list(rows.values()))
+    assert len(kept) == len(table) - 1
+    assert "00000003_000.png" not in set(table["Image Index"].iloc[kept])
+
+
+def _synthetic_cfg(tmp_path):
+    from cxr.config import SyntheticDatasetConfig
+
+    cfg = SyntheticDatasetConfig(root=f"{tmp_path}/syn", cache_dir=f"{tmp_path}/cache", image_size=24)
+    cfg.generator.n_patients, cfg.generator.resolution = 30, 32
+    return OmegaConf.structured(cfg)
 
 
 def test_prepare_cli_bad_root_exits_2(tmp_path):

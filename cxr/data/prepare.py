@@ -37,6 +37,13 @@ class PreparedImages:
     failures: dict[int, str]  # row -> "path: reason" for images that could not be read
     folder: Path
 
+    def failure_report(self, limit: int | None = None) -> str:
+        """'N image(s) could not be read' and one indented line per image (the first `limit`)."""
+        reasons = list(self.failures.values())
+        shown = reasons if limit is None else reasons[:limit]
+        more = f"\n  ... and {len(reasons) - len(shown)} more" if len(shown) < len(reasons) else ""
+        return f"{len(reasons)} image(s) could not be read:\n  " + "\n  ".join(shown) + more
+
 
 def load_resized(path: str, size: int) -> np.ndarray:
     """8/16-bit grey, RGB or RGBA file -> size x size uint8 grey."""
@@ -67,8 +74,17 @@ def cache_key(paths: list[str], size: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def _folder(cache_dir: str | os.PathLike, size: int, key: str) -> Path:
+    return Path(cache_dir) / f"{size}px-{key}"
+
+
 def cache_folder(cache_dir: str | os.PathLike, paths: list[str], size: int) -> Path:
-    return Path(cache_dir) / f"{size}px-{cache_key(paths, size)}"
+    return _folder(cache_dir, size, cache_key(paths, size))
+
+
+def _row_keys(failures: dict[str, str]) -> dict[int, str]:
+    """JSON turns the row numbers into strings; back to ints."""
+    return {int(k): v for k, v in failures.items()}
 
 
 def _save_atomic(path: Path, write) -> None:
@@ -96,7 +112,7 @@ def _run(tasks: list[tuple[int, str, int]], workers: int):
         yield from map(_load_one, tasks)
 
 
-def build(paths: list[str], size: int, folder: Path, workers: int) -> None:
+def build(paths: list[str], size: int, folder: Path, key: str, workers: int) -> None:
     """Fill (or resume filling) the cache for `paths`, then publish it under `folder`."""
     from tqdm import tqdm
 
@@ -106,7 +122,7 @@ def build(paths: list[str], size: int, folder: Path, workers: int) -> None:
     try:
         images = np.load(partial / IMAGES_FILE, mmap_mode="r+")
         done = np.load(partial / DONE_FILE)
-        failures = {int(k): v for k, v in json.loads((partial / FAILURES_FILE).read_text()).items()}
+        failures = _row_keys(json.loads((partial / FAILURES_FILE).read_text()))
         if images.shape != shape or done.shape != (len(paths),):
             raise ValueError("shape")
     except (OSError, ValueError):
@@ -126,14 +142,14 @@ def build(paths: list[str], size: int, folder: Path, workers: int) -> None:
     bar.close()
     _checkpoint(partial, images, done, failures)
     del images
-    manifest = {"size": size, "count": len(paths), "key": cache_key(paths, size), "failures": failures}
+    manifest = {"size": size, "count": len(paths), "key": key, "failures": failures}
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
     (partial / DONE_FILE).unlink()
     (partial / FAILURES_FILE).unlink()
     os.replace(partial, folder)
 
 
-def open_cache(folder: Path, paths: list[str], size: int) -> PreparedImages:
+def open_cache(folder: Path, count: int, size: int, key: str) -> PreparedImages:
     """The cache in `folder`, checked against the image list and size it must have been built for."""
     fix = f"delete {folder} and run `python -m cxr.prepare` (or the training command) again"
     try:
@@ -141,14 +157,14 @@ def open_cache(folder: Path, paths: list[str], size: int) -> PreparedImages:
         images = np.load(folder / IMAGES_FILE, mmap_mode="r")
     except (OSError, ValueError) as err:
         raise CxrError(f"image cache {folder} is unreadable ({err}); {fix}") from None
-    expected = {"size": size, "count": len(paths), "key": cache_key(paths, size)}
+    expected = {"size": size, "count": count, "key": key}
     found = {k: manifest.get(k) for k in expected}
     if found != expected:
         raise CxrError(f"image cache {folder} was built for {found}, not for this dataset {expected}; {fix}")
-    if images.shape != (len(paths), size, size) or images.dtype != np.uint8:
+    if images.shape != (count, size, size) or images.dtype != np.uint8:
         raise CxrError(f"image cache {folder} holds {images.dtype} {images.shape}, not uint8 "
-                       f"{(len(paths), size, size)}; {fix}")
-    return PreparedImages(images, {int(k): v for k, v in manifest["failures"].items()}, folder)
+                       f"{(count, size, size)}; {fix}")
+    return PreparedImages(images, _row_keys(manifest["failures"]), folder)
 
 
 def prepare(
@@ -157,8 +173,9 @@ def prepare(
     """The cached images for these files at this size, built (or resumed) on first use."""
     if not paths:
         raise CxrError("no images to prepare: the dataset selection is empty")
-    folder = cache_folder(cache_dir, paths, size)
+    key = cache_key(paths, size)
+    folder = _folder(cache_dir, size, key)
     if not folder.is_dir():
-        build(paths, size, folder, workers or os.cpu_count() or 1)
-    return open_cache(folder, paths, size)
+        build(paths, size, folder, key, workers or os.cpu_count() or 1)
+    return open_cache(folder, len(paths), size, key)
 
