@@ -80,6 +80,29 @@ class SmallCnnConfig(ModelConfig):
     l2: float = 0.0
 
 
+@dataclass
+class CbamConfig:
+    reduction: int = 16  # channel-attention MLP: hidden width = channels // reduction
+    kernel_size: int = 7  # spatial attention convolution over the two pooled maps
+
+
+@dataclass
+class DenseNet121Config(ModelConfig):
+    name: str = "densenet121"
+    weights: str | None = "imagenet"  # imagenet (downloaded once), a weights-file path, or null (random)
+    frozen: str = "none"  # none, all, or a backbone layer name: every layer before it is frozen
+    dropout: float = 0.0  # before the sigmoid layer
+
+
+@dataclass
+class DenseNet121CbamConfig(DenseNet121Config):
+    name: str = "densenet121_cbam"
+    cbam: CbamConfig = field(default_factory=CbamConfig)
+    dense_units: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.3  # after each dense layer
+    l2: float = 1e-3
+
+
 # ---------------------------------------------------------------- loss
 @dataclass
 class LossConfig:
@@ -97,6 +120,56 @@ class DynamicBceConfig(LossConfig):
     name: str = "dynamic_bce"
     smoothing_factor: float = 0.1  # pulls each batch's positive ratio toward 0.5
     epsilon: float = 1e-7
+
+
+@dataclass
+class MovingAverageBceConfig(LossConfig):
+    name: str = "moving_average_bce"
+    momentum: float = 0.9  # share of the running ratio kept at each training batch
+    smoothing_factor: float = 0.0
+    epsilon: float = 1e-7
+
+
+@dataclass
+class WeightedBceConfig(LossConfig):
+    name: str = "weighted_bce"
+    normalize: bool = False  # scale each class's two weights to sum to 1
+    gamma: float = 0.0  # focal modulation; 0 is plain weighted BCE
+    epsilon: float = 1e-7
+
+
+@dataclass
+class ClassBalancedBceConfig(LossConfig):
+    name: str = "class_balanced_bce"
+    beta: float = 0.999  # effective number of samples: (1 - beta^n) / (1 - beta)
+    gamma: float = 0.0
+    epsilon: float = 1e-7
+
+
+@dataclass
+class AslConfig(LossConfig):
+    name: str = "asl"
+    gamma_pos: float = 0.0
+    gamma_neg: float = 4.0
+    clip: float = 0.05  # probability margin subtracted from negatives
+    epsilon: float = 1e-7
+
+
+# ---------------------------------------------------------------- evaluation
+@dataclass
+class BootstrapConfig:
+    resamples: int = 1000  # 0 disables the confidence intervals
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    threshold: float = 0.5  # decision threshold of the per-epoch Keras metrics
+    threshold_method: str = "youden"  # youden or f1: per-disease operating thresholds, chosen on validation
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    plots: bool = True
+    batch_size: int = 64  # prediction batch size
 
 
 # ---------------------------------------------------------------- trainer
@@ -176,6 +249,7 @@ class Config:
     callbacks: CallbacksConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
+    evaluation: EvaluationConfig = MISSING
     seed: int = 42
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
@@ -185,11 +259,18 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
     ("dataset", "schema_nih"): NihDatasetConfig,
     ("model", "schema_small_cnn"): SmallCnnConfig,
+    ("model", "schema_densenet121"): DenseNet121Config,
+    ("model", "schema_densenet121_cbam"): DenseNet121CbamConfig,
     ("loss", "schema_bce"): BceConfig,
     ("loss", "schema_dynamic_bce"): DynamicBceConfig,
+    ("loss", "schema_moving_average_bce"): MovingAverageBceConfig,
+    ("loss", "schema_weighted_bce"): WeightedBceConfig,
+    ("loss", "schema_class_balanced_bce"): ClassBalancedBceConfig,
+    ("loss", "schema_asl"): AslConfig,
     ("trainer", "schema"): TrainerConfig,
     ("callbacks", "schema"): CallbacksConfig,
     ("tracking", "schema"): TrackingConfig,
+    ("evaluation", "schema"): EvaluationConfig,
 }
 
 

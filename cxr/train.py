@@ -61,10 +61,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr import tracking
     from cxr.callbacks import build_callbacks
     from cxr.data.pipeline import make_dataset
-    from cxr.evaluation import auc_metrics
-    from cxr.losses import build_loss
+    from cxr.losses import build_loss, loss_callbacks
+    from cxr.metrics import epoch_metrics
     from cxr.models import build_model
     from cxr.optimizers import build_optimizer
+    from cxr.reporting import Predictions, evaluate_and_log, summary_line
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.trainer.deterministic:
@@ -77,7 +78,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             images,
             labels,
             rows[split],
-            t.batch_size,
+            t.batch_size if training else cfg.evaluation.batch_size,
             training,
             cfg.seed,
             t.shuffle_buffer,
@@ -94,26 +95,38 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         mlflow.log_metrics({f"n_{s}_images": float(len(r)) for s, r in rows.items()})
 
         model = build_model(cfg.model, cfg.dataset.image_size, len(DISEASES))
+        loss = build_loss(cfg.loss, labels[rows["train"]])  # weights may come from training labels only
         model.compile(
             optimizer=build_optimizer(t.optimizer),
-            loss=build_loss(cfg.loss),
-            metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(DISEASES), name="auc")],
+            loss=loss,
+            metrics=epoch_metrics(len(DISEASES), cfg.evaluation.threshold),
         )
         history = model.fit(
             dataset("train", training=True),
             validation_data=dataset("val", training=False),
             epochs=t.epochs,
             shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
-            callbacks=[*build_callbacks(cfg.callbacks, output_dir), tracking.epoch_logger()],
+            callbacks=[
+                *build_callbacks(cfg.callbacks, output_dir),
+                *loss_callbacks(loss),
+                tracking.epoch_logger(),
+            ],
             verbose=t.verbose,
         )
         mlflow.log_metric("epochs_trained", len(history.epoch))
 
-        results: dict[str, float] = {}
-        for split in ("val", "test"):
-            scores = model.predict(dataset(split, training=False), verbose=0)
-            results.update(auc_metrics(split, labels[rows[split]], scores))
-        mlflow.log_metrics(results)
+        patients = table["Patient ID"].to_numpy()
+        predictions = {
+            split: Predictions(
+                labels[rows[split]],
+                model.predict(dataset(split, training=False), verbose=0),
+                patients[rows[split]],
+            )
+            for split in ("val", "test")
+        }
+        results = evaluate_and_log(
+            predictions, cfg.evaluation, pd.DataFrame(history.history).assign(epoch=history.epoch)
+        )
         if (output_dir / "history.csv").is_file():
             mlflow.log_artifact(str(output_dir / "history.csv"))
         if cfg.tracking.log_model:
@@ -121,7 +134,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
 
     experiment = cfg.tracking.experiment_name
     print(f"\nMLflow run {run.info.run_id} (experiment {experiment!r}, store {cfg.tracking.uri})")
-    print(f"mean AUC: validation {results['val_auc_mean']:.4f}, test {results['test_auc_mean']:.4f}")
+    level = f"{cfg.evaluation.bootstrap.confidence:.0%}"
+    print(
+        f"mean AUC [{level} CI]: validation {summary_line(results, 'val')}, "
+        f"test {summary_line(results, 'test')}"
+    )
     print(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}", flush=True)
     return results["val_auc_mean"]
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -104,7 +108,7 @@ def test_cli_runs_and_prints_run_id_auc_and_ui_command(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run_id = out.stdout.split("MLflow run ")[1].split()[0]
     assert MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id).info.status == "FINISHED"
-    assert "mean AUC: validation" in out.stdout
+    assert "mean AUC [95% CI]: validation 0." in out.stdout
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in out.stdout
 
 
@@ -115,3 +119,53 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"cxr: error: dataset folder {tmp_path}/nowhere does not exist")
+
+
+def test_run_logs_clinical_metrics_each_epoch(finished):
+    _, client, run, _ = finished
+    for name in ("auc", "recall", "precision", "specificity", "npv", "f1_micro", "hamming_loss"):
+        for prefix in ("train_", "val_"):
+            values = [m.value for m in client.get_metric_history(run.info.run_id, prefix + name)]
+            assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values), prefix + name
+
+
+def test_run_logs_intervals_thresholds_operating_points_and_plots(finished, tmp_path):
+    cfg, client, run, _ = finished
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    m = run.data.metrics
+    for split in ("val", "test"):
+        assert m[f"{split}_auc_mean_ci_low"] <= m[f"{split}_auc_mean"] <= m[f"{split}_auc_mean_ci_high"]
+        assert 0.0 <= m[f"{split}_auc_micro"] <= 1.0 and 0.0 <= m[f"{split}_auprc_mean"] <= 1.0
+        assert m[f"{split}_auc_std"] >= 0.0
+    for disease in DISEASES:
+        assert f"threshold_{disease}" in m
+        for quantity in ("sensitivity", "specificity", "ppv", "npv", "auprc"):
+            assert f"test_{quantity}_{disease}" in m
+    uri = f"runs:/{run.info.run_id}"
+    thresholds = json.loads(mlflow.artifacts.load_text(f"{uri}/evaluation/thresholds.json"))
+    assert thresholds["chosen_on"] == "val" and thresholds["method"] == "youden"
+    assert set(thresholds["thresholds"]) == set(DISEASES)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(f"{uri}/evaluation/test_per_disease.csv"))
+    assert list(table["disease"]) == list(DISEASES)
+    for column in (
+        "auc",
+        "auc_ci_low",
+        "auc_ci_high",
+        "auprc",
+        "threshold",
+        "sensitivity",
+        "npv",
+        "tp",
+        "fn",
+    ):
+        assert column in table.columns
+    assert (table["tp"] + table["fn"] == table["n_positive"]).all()
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    expected = {
+        f"plots/{kind}_{split}.png"
+        for kind in ("roc", "precision_recall", "confusion")
+        for split in ("val", "test")
+    }
+    assert expected | {"plots/history.png"} <= plots
+    png = mlflow.artifacts.download_artifacts(f"{uri}/plots/roc_test.png", dst_path=str(tmp_path))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import keras
 
-from cxr.models import small_cnn as _small_cnn  # noqa: F401  (registers itself)
+from cxr.models import densenet as _densenet  # noqa: F401  (each module registers its builders)
+from cxr.models import small_cnn as _small_cnn  # noqa: F401
 from cxr.models.layers import GreyToImageNet
 from cxr.models.registry import MODELS
 

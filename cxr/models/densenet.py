@@ -1,0 +1,91 @@
+"""DenseNet121 backbones: the CheXNet-style baseline and the 2025 study's DenseNet121 + CBAM head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from cxr.errors import CxrError
+from cxr.models.cbam import CBAM
+from cxr.models.registry import MODELS
+
+IMAGENET_CACHE = "~/.keras/models/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def _weights_argument(weights: str | None) -> str | None:
+    if weights in (None, "null", "none", "imagenet"):
+        return None if weights in (None, "null", "none") else "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CxrError(
+            f"model.weights={weights!r}: no such file. Give `imagenet`, a path to a DenseNet121 "
+            "weights file (.h5, .weights.h5) or `null` for random initialisation."
+        )
+    return str(path.resolve())
+
+
+def _load_backbone(weights: str | None, input_shape: tuple[int, ...]) -> keras.Model:
+    source = _weights_argument(weights)
+    try:
+        return keras.applications.DenseNet121(include_top=False, weights=source, input_shape=input_shape)
+    except Exception as err:  # Keras raises a bare Exception for a failed download
+        if source == "imagenet" and "URL fetch failure" in str(err):
+            raise CxrError(
+                "model.weights=imagenet: could not download the DenseNet121 ImageNet weights "
+                f"({err.__class__.__name__}: {str(err).splitlines()[0][:160]}). Offline, copy the file to "
+                f"{IMAGENET_CACHE}, pass its path as model.weights=/path/to/weights.h5, or use "
+                "model.weights=null to start from random weights."
+            ) from None
+        if source not in (None, "imagenet"):
+            raise CxrError(f"model.weights={weights!r} could not be loaded into DenseNet121: {err}") from None
+        raise
+
+
+def _freeze(backbone: keras.Model, frozen: str) -> None:
+    """`none`: all trainable; `all`: the whole backbone frozen; a layer name: every layer before it."""
+    if frozen == "none":
+        return
+    if frozen == "all":
+        backbone.trainable = False
+        return
+    names = [layer.name for layer in backbone.layers]
+    if frozen not in names:
+        raise CxrError(
+            f"model.frozen={frozen!r} is neither none, all nor a DenseNet121 layer name "
+            f"(e.g. {names[len(names) // 2]!r}; see `keras.applications.DenseNet121().summary()`)"
+        )
+    for layer in backbone.layers[: names.index(frozen)]:
+        layer.trainable = False
+
+
+def densenet121_features(cfg, x):
+    backbone = _load_backbone(cfg.weights, tuple(x.shape[1:]))
+    _freeze(backbone, cfg.frozen)
+    return backbone(x)
+
+
+def _regulariser(l2: float):
+    return keras.regularizers.L2(l2) if l2 else None
+
+
+@MODELS.register("densenet121")
+def build_densenet121(cfg, x, num_classes: int):
+    """CheXNet: DenseNet121 features, global average pooling, one sigmoid per disease."""
+    x = layers.GlobalAveragePooling2D(name="gap")(densenet121_features(cfg, x))
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    return layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
+
+
+@MODELS.register("densenet121_cbam")
+def build_densenet121_cbam(cfg, x, num_classes: int):
+    """The 2025 study: CBAM on the final feature map, then a two-layer dense head with dropout."""
+    x = CBAM(cfg.cbam.reduction, cfg.cbam.kernel_size, name="cbam")(densenet121_features(cfg, x))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    reg = _regulariser(cfg.l2)
+    for i, units in enumerate(cfg.dense_units):
+        x = layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense{i}")(x)
+        x = layers.Dropout(cfg.dropout, name=f"dropout{i}")(x)
+    return layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
