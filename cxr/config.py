@@ -254,8 +254,24 @@ class Config:
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
 
+@dataclass
+class EvaluateConfig:
+    """`python -m cxr.evaluate`: re-evaluate a logged model on the data and split its run used."""
+
+    run_id: str | None = None  # a training run whose logged model to evaluate...
+    model_uri: str | None = (
+        None  # ...or a model URI: runs:/<id>/model, models:/<name>/<version>, models:/<name>@<alias>
+    )
+    split: str = "test"  # train, val or test; thresholds always come from val
+    dataset_root: str | None = None  # where the run's dataset is now, if it moved
+    cache_dir: str | None = None  # where to keep the resized images, if not where the run kept them
+    evaluation: EvaluationConfig = MISSING
+    tracking: TrackingConfig = MISSING
+
+
 SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "config_schema"): Config,
+    (None, "evaluate_schema"): EvaluateConfig,
     ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
     ("dataset", "schema_nih"): NihDatasetConfig,
     ("model", "schema_small_cnn"): SmallCnnConfig,

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc as area  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
@@ -93,6 +94,7 @@ def history_figure(history: pd.DataFrame) -> plt.Figure:
         if f"val_{name}" in history:
             ax.plot(epochs, history[f"val_{name}"], marker=".", label="validation")
         ax.set(title=name, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if name == "learning_rate":
             ax.set_yscale("log")
         ax.legend(fontsize=7)

@@ -33,6 +33,19 @@ class Predictions:
     patients: np.ndarray
 
 
+def predict_splits(
+    model, images: np.ndarray, labels: np.ndarray, patients: np.ndarray, rows: dict, batch_size: int
+) -> dict[str, Predictions]:
+    """Score the given splits ({split: row indices}) in a fixed order, no augmentation."""
+    from cxr.data.pipeline import make_dataset
+
+    out = {}
+    for split, idx in rows.items():
+        data = make_dataset(images, labels, idx, batch_size, training=False, seed=0)
+        out[split] = Predictions(labels[idx], model.predict(data, verbose=0), patients[idx])
+    return out
+
+
 def split_metrics(split: str, table: pd.DataFrame, summary: dict[str, float]) -> dict[str, float]:
     """MLflow names: `{split}_auc_<Disease>`, `{split}_auc_mean`, `{split}_sensitivity_<Disease>`, ..."""
     metrics = {f"{split}_{k}": v for k, v in summary.items()}

@@ -65,7 +65,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.metrics import epoch_metrics
     from cxr.models import build_model
     from cxr.optimizers import build_optimizer
-    from cxr.reporting import Predictions, evaluate_and_log, summary_line
+    from cxr.reporting import evaluate_and_log, predict_splits, summary_line
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.trainer.deterministic:
@@ -78,7 +78,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             images,
             labels,
             rows[split],
-            t.batch_size if training else cfg.evaluation.batch_size,
+            t.batch_size,
             training,
             cfg.seed,
             t.shuffle_buffer,
@@ -116,14 +116,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         mlflow.log_metric("epochs_trained", len(history.epoch))
 
         patients = table["Patient ID"].to_numpy()
-        predictions = {
-            split: Predictions(
-                labels[rows[split]],
-                model.predict(dataset(split, training=False), verbose=0),
-                patients[rows[split]],
-            )
-            for split in ("val", "test")
-        }
+        evaluated = {split: rows[split] for split in ("val", "test")}
+        predictions = predict_splits(model, images, labels, patients, evaluated, cfg.evaluation.batch_size)
         results = evaluate_and_log(
             predictions, cfg.evaluation, pd.DataFrame(history.history).assign(epoch=history.epoch)
         )
