@@ -7,10 +7,11 @@ of the wrong type fails while Hydra composes the config, before anything heavy i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 # ---------------------------------------------------------------- dataset
@@ -240,6 +241,21 @@ class TrackingConfig:
     registered_model_name: str | None = None  # also register the model under this name
 
 
+# ---------------------------------------------------------------- sweep trial
+@dataclass
+class TrialConfig:
+    """Set by the Optuna sweeper on each job it launches; all null for a plain run.
+
+    The job reaches its trial through the storage (any process, any machine), never through memory.
+    """
+
+    storage: str | None = None  # Optuna storage URL
+    study_name: str | None = None
+    trial_id: int | None = None  # the storage's id of the trial
+    number: int | None = None  # the trial's number within its study
+    parent_run_id: str | None = None  # the sweep's MLflow parent run
+
+
 # ---------------------------------------------------------------- top level
 @dataclass
 class Config:
@@ -250,6 +266,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     evaluation: EvaluationConfig = MISSING
+    trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = 42
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
@@ -290,8 +307,17 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
 }
 
 
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
 def register_configs() -> None:
-    """Idempotent: Hydra apps and tests both call it before composing."""
+    """Idempotent: Hydra apps and tests both call it before composing.
+
+    Also makes each search space in sweeps/ the `sweep` group option of its name (`+sweep=core`),
+    so they live at the top of the repository and not inside conf/.
+    """
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=group, name=name, node=node)
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")

@@ -1,0 +1,44 @@
+"""The sweeper's typed settings, registered as `hydra/sweeper=cxr_optuna`."""
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class SamplerConf:
+    name: str = "tpe"  # tpe, random or grid (every combination of the choice() parameters)
+    seed: int | None = 42
+    n_startup_trials: int = 10  # tpe: random trials before the model takes over
+
+
+@dataclass
+class PrunerConf:
+    name: str = "median"  # median, hyperband or none
+    n_startup_trials: int = 5  # median: trials that are never pruned
+    n_warmup_steps: int = 2  # median: epochs before a trial can be pruned
+    interval_steps: int = 1
+    min_resource: int = 1  # hyperband: epochs
+    max_resource: int | None = None  # hyperband: null = learn it from the first finished trial
+    reduction_factor: int = 3  # hyperband
+
+
+@dataclass
+class CxrOptunaSweeperConf:
+    _target_: str = "hydra_plugins.cxr_optuna_sweeper.sweeper.CxrOptunaSweeper"
+    study_name: str = "cxr"
+    storage: str | None = None  # any Optuna storage URL; null = sqlite:///mlruns/optuna.db
+    direction: str = "maximize"  # of the value the task returns (cxr.train: val_auc_mean)
+    monitor: str = "val_auc"  # what each trial reports every epoch, for the pruner
+    n_trials: int = 20  # new trials this command runs (a rerun adds as many again)
+    timeout: float | None = None  # seconds; no new trial starts after it
+    n_jobs: int = 1  # trials launched together; they run in parallel with a parallel launcher
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    params: dict[str, str] = field(default_factory=dict)  # key: choice(...) | interval(...) | ...
+    summary_by: list[str] = field(default_factory=list)  # group finished trials by these params
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="cxr_optuna", node=CxrOptunaSweeperConf, provider="cxr"
+)
