@@ -197,3 +197,56 @@ def test_bad_search_space_is_one_line_and_exit_2(tmp_path, data_root):
     assert (
         out.stderr.strip().splitlines()[-1].startswith("cxr: error: sampler grid needs choice() or range()")
     )
+
+
+def test_hydra_sweep_syntax_becomes_optuna_distributions():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.cxr_optuna_sweeper.search_space import grid, split
+
+    lines = [
+        "model.dropout=interval(0.2, 0.6)",
+        "trainer.optimizer.learning_rate=tag(log, interval(1e-5, 1e-2))",
+        "trainer.epochs=int(interval(5, 20))",
+        "trainer.batch_size=range(8, 64, 8)",
+        "loss=choice(bce, dynamic_bce)",
+        "seed=3",
+        "model.dropout=interval(0.1, 0.3)",  # a later override of a key wins
+    ]
+    space, fixed = split(OverridesParser.create().parse_overrides(lines))
+    assert space == {
+        "model.dropout": FloatDistribution(0.1, 0.3),
+        "trainer.optimizer.learning_rate": FloatDistribution(1e-5, 1e-2, log=True),
+        "trainer.epochs": IntDistribution(5, 20),
+        "trainer.batch_size": IntDistribution(8, 56, step=8),
+        "loss": CategoricalDistribution(["bce", "dynamic_bce"]),
+    }
+    assert fixed == {"seed": "3"}
+    assert grid({k: space[k] for k in ("trainer.batch_size", "loss")}) == {
+        "trainer.batch_size": [8, 16, 24, 32, 40, 48, 56],
+        "loss": ["bce", "dynamic_bce"],
+    }
+
+
+def test_shipped_sweeps_compose_as_sweep_options(compose_cfg):
+    from hydra.core.config_store import ConfigStore
+
+    assert {"core.yaml", "loss_screen.yaml"} <= set(ConfigStore.instance().list("sweep"))
+    cfg = compose_cfg(["+sweep=loss_screen", "experiment=demo"])
+    assert cfg.model.name == "small_cnn"
+
+
+def test_pruners_are_built_from_their_settings():
+    from cxr.errors import CxrError
+    from cxr.trial import build_pruner
+    from hydra_plugins.cxr_optuna_sweeper.config import PrunerConf
+
+    def settings(name):
+        return {**PrunerConf(name=name).__dict__}
+
+    assert isinstance(build_pruner(settings("median")), optuna.pruners.MedianPruner)
+    assert isinstance(build_pruner(settings("hyperband")), optuna.pruners.HyperbandPruner)
+    assert isinstance(build_pruner(settings("none")), optuna.pruners.NopPruner)
+    with pytest.raises(CxrError, match="choose median, hyperband or none"):
+        build_pruner(settings("asha"))
