@@ -250,3 +250,25 @@ def test_pruners_are_built_from_their_settings():
     assert isinstance(build_pruner(settings("none")), optuna.pruners.NopPruner)
     with pytest.raises(CxrError, match="choose median, hyperband or none"):
         build_pruner(settings("asha"))
+
+
+def test_n_jobs_trials_run_in_parallel_processes_with_the_joblib_launcher(tmp_path, data_root):
+    args = sweep_args(
+        tmp_path,
+        data_root,
+        "joblib",
+        "+sweep=core",
+        "model=small_cnn",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )
+    out = run_cli("cxr.train", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = load(tmp_path, "joblib").trials
+    assert sorted(t.number for t in trials) == [0, 1] and all(t.state == TrialState.COMPLETE for t in trials)
+    (parent,), children = runs(tmp_path)
+    assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {
+        parent.info.run_id
+    }
