@@ -7,6 +7,7 @@ user attributes, so a job on any machine rebuilds the same pruner from the stora
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,15 +19,27 @@ MONITOR_ATTR = "cxr.monitor"
 RUN_ID_ATTR = "mlflow_run_id"
 
 
-def rdb_storage(url: str):
-    """An Optuna storage; SQLite waits for a lock instead of failing when several workers write."""
+def rdb_storage(url: str, attempts: int = 5):
+    """An Optuna storage; SQLite waits for a lock instead of failing when several workers write.
+
+    Workers that start together on a new database race to create its tables; the loser's insert
+    fails, and a moment later the tables are there, so creation is retried a few times.
+    """
     import optuna
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
-        raise CxrError(f"Optuna storage {url!r} is not usable: {err}") from None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+            if (
+                attempt + 1 == attempts
+                or "UNIQUE constraint" not in str(err)
+                and "already exists" not in str(err)
+            ):
+                raise CxrError(f"Optuna storage {url!r} is not usable: {err}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def build_pruner(settings: Mapping[str, Any]):

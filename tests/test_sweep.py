@@ -272,3 +272,20 @@ def test_n_jobs_trials_run_in_parallel_processes_with_the_joblib_launcher(tmp_pa
     assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {
         parent.info.run_id
     }
+
+
+def _open_storage(url: str) -> str:
+    from cxr.trial import rdb_storage
+
+    rdb_storage(url)
+    return "ok"
+
+
+def test_workers_creating_a_new_storage_together_all_succeed(tmp_path):
+    """Optuna's first connection creates the tables; simultaneous workers race on that (seen in CI)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        for attempt in range(3):
+            url = f"sqlite:///{tmp_path}/race{attempt}.db"
+            assert pool.map(_open_storage, [url] * 4) == ["ok"] * 4
