@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalChoiceType,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+
+if TYPE_CHECKING:  # Hydra imports every plugin module at start-up; optuna is imported on use
+    from optuna.distributions import BaseDistribution
 
 
 class SearchSpaceError(ValueError):
     pass
 
 
-def _scalar(value: Any) -> CategoricalChoiceType:
+def _scalar(value: Any):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise SearchSpaceError(f"choice values must be numbers, strings, booleans or null, not {value!r}")
@@ -26,6 +22,8 @@ def _scalar(value: Any) -> CategoricalChoiceType:
 
 def distribution(override: Override) -> BaseDistribution:
     """The Optuna distribution of one sweep override, e.g. `model.dropout=interval(0.1, 0.5)`."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     key = override.get_key_element()
     value = override.value()
     if isinstance(value, ChoiceSweep):
@@ -71,6 +69,8 @@ def format_value(value: Any) -> str:
 
 def grid(space: dict[str, BaseDistribution]) -> dict[str, list]:
     """The grid sampler's search space: every parameter must be a finite choice."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
     out = {}
     for key, dist in space.items():
         if isinstance(dist, CategoricalDistribution):
