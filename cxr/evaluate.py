@@ -71,14 +71,13 @@ def logged_run_inputs(run_id: str, folder: Path) -> tuple[DictConfig, pd.DataFra
 def apply_logged_split(table: pd.DataFrame, logged: pd.DataFrame, run_id: str) -> pd.DataFrame:
     """Give each image the split it had in training, so no training image is ever scored as test."""
     split = logged.set_index("Image Index")["split"]
-    missing = table.loc[~table["Image Index"].isin(split.index), "Image Index"]
     absent = split.index.difference(table["Image Index"])
     if len(absent):
         raise CxrError(
             f"{len(absent)} images of run {run_id}'s split are not in the dataset (first: "
             f"{', '.join(absent[:3])}); point dataset_root= at the dataset the run used"
         )
-    table = table[~table["Image Index"].isin(missing)].reset_index(drop=True)
+    table = table[table["Image Index"].isin(split.index)].reset_index(drop=True)  # images added since
     return table.assign(split=table["Image Index"].map(split).to_numpy())
 
 
