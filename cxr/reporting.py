@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxr import plots
 from cxr.errors import CxrError
-from cxr.evaluation import choose_thresholds, confusion_counts, evaluate_split, operating_points
+from cxr.evaluation import choose_thresholds, evaluate_split, operating_points
 from cxr.labels import DISEASES
 
 THRESHOLD_SPLIT = "val"
@@ -83,7 +83,7 @@ def evaluate_and_log(predictions: dict[str, Predictions], cfg, history: pd.DataF
                 plots.precision_recall_figure(p.labels, p.scores, f"Precision-recall, {title} set"),
                 f"plots/precision_recall_{split}.png",
             )
-            counts = confusion_counts(p.labels, p.scores, np.nan_to_num(thresholds, nan=np.inf))
+            counts = table[["tp", "fp", "tn", "fn"]]  # a disease without a threshold calls nothing positive
             _log_figure(
                 plots.confusion_figure(counts, f"Confusion at validation-chosen thresholds, {title} set"),
                 f"plots/confusion_{split}.png",

@@ -71,8 +71,7 @@ class SweepTrial:
         import optuna
 
         storage = rdb_storage(cfg.storage)
-        probe = optuna.load_study(study_name=cfg.study_name, storage=storage)
-        attrs = probe.user_attrs
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(cfg.study_name))
         self.study = optuna.load_study(
             study_name=cfg.study_name, storage=storage, pruner=build_pruner(attrs.get(PRUNER_ATTR, {}))
         )

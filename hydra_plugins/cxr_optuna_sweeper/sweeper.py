@@ -232,10 +232,7 @@ class CxrOptunaSweeper(Sweeper):
             parent = study.user_attrs.get(PARENT_ATTR)
             if parent or study.trials or time.monotonic() >= deadline:
                 return parent
-            time.sleep(0.5)
-            import optuna
-
-            study = optuna.load_study(study_name=study.study_name, storage=study._storage)
+            time.sleep(0.5)  # user_attrs and trials are read from the storage on each access
 
     def _sampler(self, space: dict):
         import optuna
