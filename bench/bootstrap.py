@@ -15,8 +15,8 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr.evaluation import evaluate_split, patient_bootstrap
-from cxr.labels import NIH_PREVALENCE
+from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
+from cxr.scoring import evaluate_split, patient_bootstrap
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {args.images} images, {args.patients} patients")
 
     start = time.perf_counter()
-    report = evaluate_split(y, s, patients, args.resamples, 0.95, 0)
+    report = evaluate_split(y, s, patients, NIH_PATHOLOGIES, args.resamples, 0.95, 0)
     ours = time.perf_counter() - start
     print(f"cxr evaluate_split, {args.resamples} resamples: {ours:.1f} s")
     print(

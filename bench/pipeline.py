@@ -74,7 +74,7 @@ def main() -> None:
         tmp = Path(tmp)
         paths = source_images(tmp, args.images)
 
-        from cxr.data.prepare import load_resized, prepare
+        from cxr.data.cache import load_resized, prepare_images
 
         start = time.perf_counter()
         for p in paths[:128]:
@@ -82,7 +82,7 @@ def main() -> None:
         bare = 128 / (time.perf_counter() - start)
 
         start = time.perf_counter()
-        prepared = prepare(paths, args.size, tmp / "cache", workers=cores)
+        prepared = prepare_images(paths, args.size, tmp / "cache", workers=cores)
         prep = args.images / (time.perf_counter() - start)
 
         from cxr.data.pipeline import make_dataset
@@ -102,7 +102,7 @@ def main() -> None:
 
         to_rgb = GreyToImageNet()
         for batch in (16, 64):
-            ds = make_dataset(prepared.images, labels, rows, batch, training=True, seed=0)
+            ds = make_dataset(prepared.images, labels, rows, batch_size=batch, training=True, seed=0)
             ours = images_per_second(ds, args.images)
             # like for like: also turn the batches into normalised RGB floats on the host, as the study did
             ours_rgb = images_per_second(ds.map(lambda x, y: (to_rgb(x), y)), args.images)

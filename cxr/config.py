@@ -268,6 +268,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = 42
+    optimized_metric: str = "val_auc_mean"  # what cxr.train returns to a sweep; a validation metric
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
 

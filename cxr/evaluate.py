@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import hydra
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,8 +54,10 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
 
 
 def logged_run_inputs(run_id: str, folder: Path) -> tuple[DictConfig, pd.DataFrame]:
-    """The run's resolved config and its split.csv."""
+    """The run's resolved config and its split (image_id, patient_id, split)."""
     import mlflow
+
+    from cxr.data.splits import read_split_csv
 
     try:
         config = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/config.yaml", dst_path=str(folder))
@@ -65,20 +66,7 @@ def logged_run_inputs(run_id: str, folder: Path) -> tuple[DictConfig, pd.DataFra
         raise CxrError(
             f"run {run_id} has no config.yaml/split.csv artifacts; was it logged by cxr.train? ({err})"
         ) from None
-    return OmegaConf.load(config), pd.read_csv(split, dtype={"Image Index": str})
-
-
-def apply_logged_split(table: pd.DataFrame, logged: pd.DataFrame, run_id: str) -> pd.DataFrame:
-    """Give each image the split it had in training, so no training image is ever scored as test."""
-    split = logged.set_index("Image Index")["split"]
-    absent = split.index.difference(table["Image Index"])
-    if len(absent):
-        raise CxrError(
-            f"{len(absent)} images of run {run_id}'s split are not in the dataset (first: "
-            f"{', '.join(absent[:3])}); point dataset_root= at the dataset the run used"
-        )
-    table = table[table["Image Index"].isin(split.index)].reset_index(drop=True)  # images added since
-    return table.assign(split=table["Image Index"].map(split).to_numpy())
+    return OmegaConf.load(config), read_split_csv(split)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -88,11 +76,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
     from cxr import tracking
-    from cxr.data.datasets import load_table
-    from cxr.data.prepare import prepare
-    from cxr.labels import DISEASES
-    from cxr.reporting import evaluate_and_log, predict_splits, summary_line
-    from cxr.train import usable_rows
+    from cxr.data.prepared import load_prepared
+    from cxr.predict import predict_splits
+    from cxr.reporting import evaluate_predictions, log_evaluation, summary_line
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run_id, model_uri = resolve_model(MlflowClient(cfg.tracking.uri), cfg.run_id, cfg.model_uri)
@@ -103,25 +89,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         dataset.root = cfg.dataset_root
     if cfg.cache_dir:
         dataset.cache_dir = cfg.cache_dir
-    table = apply_logged_split(load_table(dataset), logged_split, run_id)
-    prepared = prepare(table["path"].tolist(), dataset.image_size, dataset.cache_dir)
-    rows = usable_rows(table, prepared)
+    data = load_prepared(dataset, logged_split, split_source=f"run {run_id}")
 
     import cxr.losses  # noqa: F401  (registers the custom objects the saved model refers to)
     import cxr.metrics  # noqa: F401
     import cxr.models  # noqa: F401
 
     model = mlflow.keras.load_model(model_uri)
-    labels = table[list(DISEASES)].to_numpy(dtype=np.float32)
-    wanted = {split: rows[split] for split in dict.fromkeys(["val", cfg.split])}
-    predictions = predict_splits(
-        model, prepared.images, labels, table["Patient ID"].to_numpy(), wanted, cfg.evaluation.batch_size
-    )
+    predictions = predict_splits(model, data, ["val", cfg.split], cfg.evaluation.batch_size)
+    evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
     with mlflow.start_run(run_id=run_id):
-        results = evaluate_and_log(predictions, cfg.evaluation)
+        log_evaluation(evaluation, cfg.evaluation.plots)
         mlflow.set_tag("cxr.reevaluated_with", model_uri)
 
-    print(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(rows[cfg.split])} images)")
+    results = evaluation.metrics
+    print(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images)")
     print(f"mean AUC [{cfg.evaluation.bootstrap.confidence:.0%} CI]: {summary_line(results, cfg.split)}")
     print(
         f"Logged to MLflow run {run_id} (store {cfg.tracking.uri}); {tracking.ui_command(cfg.tracking.uri)}"

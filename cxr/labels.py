@@ -1,8 +1,13 @@
-"""The 14 ChestX-ray14 findings in one canonical order: every table, model output and metric uses it."""
+"""NIH ChestX-ray14's 14 findings in their canonical order.
+
+Only the NIH reader and the synthetic generator read this list; everything downstream (splits,
+models, evaluation, plots, reporting) takes the `pathologies` a dataset carries, as torchxrayvision
+does, so another dataset with other findings needs no change there.
+"""
 
 from __future__ import annotations
 
-DISEASES: tuple[str, ...] = (
+NIH_PATHOLOGIES: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
     "Effusion",
@@ -18,7 +23,6 @@ DISEASES: tuple[str, ...] = (
     "Pleural_Thickening",
     "Hernia",
 )
-NUM_CLASSES = len(DISEASES)
 NO_FINDING = "No Finding"
 
 # Image-level prevalence in the full NIH release (counts / 112,120), used by the synthetic generator.

@@ -5,6 +5,8 @@ Each function returns a matplotlib Figure (Agg backend, no display needed); call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,8 +18,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc as area  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from cxr.labels import DISEASES  # noqa: E402
-
 _GRID = np.linspace(0.0, 1.0, 201)
 
 
@@ -25,7 +25,7 @@ def _defined(y: np.ndarray) -> list[int]:
     return [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
 
 
-def roc_figure(y: np.ndarray, s: np.ndarray, title: str) -> plt.Figure:
+def roc_figure(y: np.ndarray, s: np.ndarray, pathologies: Sequence[str], title: str) -> plt.Figure:
     """One ROC curve per disease plus the micro average (pooled pairs) and macro average (mean curve)."""
     fig, ax = plt.subplots(figsize=(8, 7))
     cmap = plt.get_cmap("tab20")
@@ -33,7 +33,7 @@ def roc_figure(y: np.ndarray, s: np.ndarray, title: str) -> plt.Figure:
     for k in _defined(y):
         fpr, tpr, _ = roc_curve(y[:, k], s[:, k])
         curves.append(np.interp(_GRID, fpr, tpr))
-        ax.plot(fpr, tpr, lw=1, color=cmap(k), label=f"{DISEASES[k]} ({area(fpr, tpr):.3f})")
+        ax.plot(fpr, tpr, lw=1, color=cmap(k), label=f"{pathologies[k]} ({area(fpr, tpr):.3f})")
     if curves:
         macro = np.mean(curves, axis=0)
         macro[0] = 0.0
@@ -48,13 +48,15 @@ def roc_figure(y: np.ndarray, s: np.ndarray, title: str) -> plt.Figure:
     return fig
 
 
-def precision_recall_figure(y: np.ndarray, s: np.ndarray, title: str) -> plt.Figure:
+def precision_recall_figure(
+    y: np.ndarray, s: np.ndarray, pathologies: Sequence[str], title: str
+) -> plt.Figure:
     """Precision-recall curves per disease; each dotted line is that disease's prevalence (chance level)."""
     fig, ax = plt.subplots(figsize=(8, 7))
     cmap = plt.get_cmap("tab20")
     for k in _defined(y):
         precision, recall, _ = precision_recall_curve(y[:, k], s[:, k])
-        ax.step(recall, precision, where="post", lw=1, color=cmap(k), label=DISEASES[k])
+        ax.step(recall, precision, where="post", lw=1, color=cmap(k), label=pathologies[k])
         ax.axhline(y[:, k].mean(), color=cmap(k), ls=":", lw=0.6)
     ax.set(xlabel="Recall (sensitivity)", ylabel="Precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="upper right")

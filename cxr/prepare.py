@@ -13,8 +13,6 @@ import hydra
 from omegaconf import DictConfig
 
 from cxr.config import register_configs
-from cxr.data.datasets import load_table
-from cxr.data.prepare import prepare
 from cxr.errors import exit_on_user_error
 
 register_configs()
@@ -22,17 +20,18 @@ register_configs()
 
 def run(cfg: DictConfig) -> int:
     """Prepare the cache; returns how many images could not be read."""
-    table = load_table(cfg.dataset)
+    from cxr.data.prepared import load_prepared
+
     start = time.perf_counter()
-    prepared = prepare(table["path"].tolist(), cfg.dataset.image_size, cfg.dataset.cache_dir)
+    data = load_prepared(cfg.dataset, warn=False)
     seconds = time.perf_counter() - start
-    n = len(table)
-    print(f"\n{n} images at {cfg.dataset.image_size}px in {prepared.folder} ({seconds:.1f} s)")
-    if prepared.failures:
-        print(f"{prepared.failure_report()}\nThey are left out of training.")
+    cache = data.cache
+    print(f"\n{len(data.table)} images at {data.image_size}px in {cache.folder} ({seconds:.1f} s)")
+    if cache.failures:
+        print(f"{cache.failure_report()}\nThey are left out of training.")
     else:
         print("all images read")
-    return len(prepared.failures)
+    return len(cache.failures)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

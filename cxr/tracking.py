@@ -1,10 +1,11 @@
-"""MLflow plumbing: the store, run metadata, per-epoch metrics and the logged model."""
+"""MLflow plumbing: the store, one context manager per tracked run, per-epoch metrics, the logged model."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,59 @@ def run_tags(overrides: list[str]) -> dict[str, str]:
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["git_commit"] = commit
     return tags
+
+
+ERROR_TAG = "cxr.error"
+
+
+def _ending(err: BaseException) -> tuple[str, str | None]:
+    """(MLflow status, Optuna state tag) of a run that ended with `err`."""
+    if type(err).__name__ == "TrialPruned":  # optuna.TrialPruned, without importing optuna for plain runs
+        return "KILLED", "PRUNED"
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        return "KILLED", None
+    return "FAILED", "FAIL"
+
+
+@contextmanager
+def tracked_run(cfg: DictConfig, overrides: list[str], reporter=None) -> Iterator[str]:
+    """One MLflow run for `cfg`, yielding its id; it owns the run's name, parent, tags, params and
+    resolved config, and its final state whatever happens inside:
+
+    finished -> FINISHED; an exception -> FAILED with tag `cxr.error`; optuna.TrialPruned -> KILLED;
+    Ctrl-C -> KILLED. For a sweep trial (`reporter`, the job's Optuna trial) the run is a child of the
+    sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
+    """
+    from cxr.trial import STATE_TAG
+
+    configure(cfg.tracking)
+    options: dict[str, Any] = {"run_name": cfg.tracking.run_name}
+    if reporter is not None:
+        options = {
+            "run_name": cfg.tracking.run_name or f"{reporter.study_name}-trial-{reporter.number}",
+            "parent_run_id": reporter.parent_run_id,
+            "tags": {"optuna.study_name": reporter.study_name, "optuna.trial_number": str(reporter.number)},
+        }
+    run = mlflow.start_run(**options)
+    try:
+        if reporter is not None:
+            reporter.record_run(run.info.run_id)
+        mlflow.set_tags(run_tags(overrides))
+        mlflow.log_params(config_params(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        yield run.info.run_id
+    except BaseException as err:
+        status, state = _ending(err)
+        if status == "FAILED":
+            mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+        if reporter is not None and state is not None:
+            mlflow.set_tag(STATE_TAG, state)
+        mlflow.end_run(status)
+        raise
+    if reporter is not None:
+        mlflow.set_tag(STATE_TAG, "COMPLETE")
+    mlflow.end_run("FINISHED")
 
 
 def keras_metric_name(name: str) -> str:

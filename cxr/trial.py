@@ -78,6 +78,8 @@ class SweepTrial:
         self.trial = optuna.trial.Trial(self.study, cfg.trial_id)
         self.monitor: str = attrs.get(MONITOR_ATTR, "val_auc")
         self.number: int = cfg.number
+        self.study_name: str = cfg.study_name
+        self.parent_run_id: str | None = cfg.parent_run_id
         self.pruned_at: int | None = None
 
     def callback(self):

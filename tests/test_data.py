@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cxr.config import NihDatasetConfig, SyntheticGeneratorConfig
-from cxr.data import nih, prepare, splits
+from cxr.data import cache, nih, splits
 from cxr.data.datasets import load_table
 from cxr.data.synthetic import ensure_dataset
 from cxr.errors import CxrError
-from cxr.labels import DISEASES
+from cxr.labels import NIH_PATHOLOGIES
 from tests.conftest import run_cli
 
 REAL_COUNTS = {  # image counts per finding in the full release (shared/data/README.md)
@@ -42,16 +42,16 @@ def real_meta(shared_data) -> tuple[pd.DataFrame, list[str], list[str]]:
 # ------------------------------------------------------------------ reader
 def test_real_label_file_reads_with_canonical_labels(real_meta):
     meta, _, _ = real_meta
-    assert len(meta) == 112120 and meta["Patient ID"].nunique() == 30805
-    assert {d: int(meta[d].sum()) for d in DISEASES} == REAL_COUNTS
-    assert int((meta[list(DISEASES)].sum(axis=1) == 0).sum()) == 60361  # No Finding
-    assert {"Patient Age", "Patient Gender", "View Position"} <= set(meta.columns)
+    assert len(meta) == 112120 and meta["patient_id"].nunique() == 30805
+    assert {d: int(meta[d].sum()) for d in NIH_PATHOLOGIES} == REAL_COUNTS
+    assert int((meta[list(NIH_PATHOLOGIES)].sum(axis=1) == 0).sum()) == 60361  # No Finding
+    assert {"image_id", "patient_id", "follow_up", "age", "sex", "view"} <= set(meta.columns)
 
 
 def test_real_bounding_boxes_use_label_file_spelling(shared_data):
     boxes = nih.read_bboxes(shared_data / "nih-meta" / "BBox_List_2017.csv")
-    assert len(boxes) == 984 and boxes["Image Index"].nunique() == 880
-    assert "Infiltration" in set(boxes["Finding Label"]) and set(boxes["Finding Label"]) <= set(DISEASES)
+    assert len(boxes) == 984 and boxes["image_id"].nunique() == 880
+    assert "Infiltration" in set(boxes["finding"]) and set(boxes["finding"]) <= set(NIH_PATHOLOGIES)
 
 
 def _write_release(folder: Path, rows: list[tuple[str, str, int]], trailing_column: bool = False) -> Path:
@@ -81,9 +81,9 @@ ROWS = [("a_000.png", "Mass|Nodule", 1), ("b_000.png", "No Finding", 2), ("c_000
 
 def test_reader_handles_gzip_trailing_column_and_tarball_folders(tmp_path):
     release = nih.load_release(_write_release(tmp_path, ROWS, trailing_column=True))
-    meta = release.metadata.set_index("Image Index")
+    meta = release.metadata.set_index("image_id")
     assert meta.loc["a_000.png", ["Mass", "Nodule"]].tolist() == [1, 1]
-    assert meta.loc["b_000.png", list(DISEASES)].sum() == 0
+    assert meta.loc["b_000.png", list(NIH_PATHOLOGIES)].sum() == 0
     assert Path(meta.loc["c_000.png", "path"]).parent.name == "images"
     assert release.train_val == ["a_000.png", "b_000.png"] and release.test == ["c_000.png"]
 
@@ -116,7 +116,7 @@ def test_missing_images_reported_and_skipped_only_when_allowed(tmp_path, capsys)
     ):
         nih.load_release(folder)
     release = nih.load_release(folder, allow_missing_images=True)
-    assert list(release.metadata["Image Index"]) == ["a_000.png", "c_000.png"]
+    assert list(release.metadata["image_id"]) == ["a_000.png", "c_000.png"]
     assert release.train_val == ["a_000.png"]
     assert "b_000.png" in capsys.readouterr().err
 
@@ -138,21 +138,21 @@ def test_selection_that_ends_empty_is_an_error(tmp_path):
 # ------------------------------------------------------------------ splits
 def test_official_split_reproduces_the_release(real_meta):
     meta, train_val, test = real_meta
-    split = splits.assign(meta, train_val, test, split_cfg(val_fraction=0.1))
+    split = splits.assign(meta, NIH_PATHOLOGIES, train_val, test, split_cfg(val_fraction=0.1))
     counts = split.value_counts()
     assert counts["train"] + counts["val"] == 86524 and counts["test"] == 25596
     assert counts["val"] / 86524 == pytest.approx(0.1, abs=0.005)
-    assert meta.assign(split=split).groupby("Patient ID")["split"].nunique().max() == 1
+    assert meta.assign(split=split).groupby("patient_id")["split"].nunique().max() == 1
 
 
 def test_random_split_is_patient_level_sized_and_stratified(real_meta):
     meta, train_val, test = real_meta
-    split = splits.assign(meta, train_val, test, split_cfg(split="random", split_seed=0))
-    assert meta.assign(split=split).groupby("Patient ID")["split"].nunique().max() == 1
+    split = splits.assign(meta, NIH_PATHOLOGIES, train_val, test, split_cfg(split="random", split_seed=0))
+    assert meta.assign(split=split).groupby("patient_id")["split"].nunique().max() == 1
     shares = split.value_counts(normalize=True)
     for name, share in zip(splits.SPLIT_NAMES, (0.9, 0.05, 0.05), strict=True):
         assert abs(shares[name] - share) <= 0.005
-    deviation = splits.prevalence_deviation(meta, split)
+    deviation = splits.prevalence_deviation(meta, split, NIH_PATHOLOGIES)
     assert deviation.to_numpy().max() <= 0.10
     assert deviation.to_numpy().mean() <= 0.02
 
@@ -160,9 +160,11 @@ def test_random_split_is_patient_level_sized_and_stratified(real_meta):
 def test_splits_are_deterministic_and_seeded(real_meta):
     meta, train_val, test = real_meta
     cfg = split_cfg(split="random", split_seed=3)
-    a = splits.assign(meta, train_val, test, cfg)
-    assert a.equals(splits.assign(meta, train_val, test, cfg))
-    assert not a.equals(splits.assign(meta, train_val, test, split_cfg(split="random", split_seed=4)))
+    a = splits.assign(meta, NIH_PATHOLOGIES, train_val, test, cfg)
+    assert a.equals(splits.assign(meta, NIH_PATHOLOGIES, train_val, test, cfg))
+    assert not a.equals(
+        splits.assign(meta, NIH_PATHOLOGIES, train_val, test, split_cfg(split="random", split_seed=4))
+    )
 
 
 def test_random_split_on_synthetic_data(tmp_path):
@@ -171,16 +173,26 @@ def test_random_split_on_synthetic_data(tmp_path):
     )
     release = nih.load_release(folder)
     split = splits.assign(
-        release.metadata, [], [], split_cfg(split="random", split_fractions=[0.8, 0.1, 0.1])
+        release.metadata,
+        release.pathologies,
+        [],
+        [],
+        split_cfg(split="random", split_fractions=[0.8, 0.1, 0.1]),
     )
-    assert release.metadata.assign(split=split).groupby("Patient ID")["split"].nunique().max() == 1
-    assert splits.prevalence_deviation(release.metadata, split).to_numpy().mean() <= 0.05
+    assert release.metadata.assign(split=split).groupby("patient_id")["split"].nunique().max() == 1
+    assert splits.prevalence_deviation(release.metadata, split, release.pathologies).to_numpy().mean() <= 0.05
 
 
 def test_bad_fractions_are_an_error(real_meta):
     meta, train_val, test = real_meta
     with pytest.raises(CxrError, match="sum to 1"):
-        splits.assign(meta, train_val, test, split_cfg(split="random", split_fractions=[0.9, 0.2, 0.05]))
+        splits.assign(
+            meta,
+            NIH_PATHOLOGIES,
+            train_val,
+            test,
+            split_cfg(split="random", split_fractions=[0.9, 0.2, 0.05]),
+        )
 
 
 # ------------------------------------------------------------------ prepare and pipeline
@@ -197,12 +209,12 @@ def test_prepare_and_pipeline_on_real_images_of_every_size_and_mode(real_samples
     modes = set(real_samples["png_mode"])
     assert "8-bit grayscale" in modes and any("RGB" in m for m in modes)
     assert real_samples["width_x_height"].nunique() == 4
-    prepared = prepare.prepare(real_samples["path"].tolist(), 64, tmp_path, workers=1)
+    prepared = cache.prepare_images(real_samples["path"].tolist(), 64, tmp_path, workers=1)
     assert prepared.failures == {} and prepared.images.shape == (len(real_samples), 64, 64)
     assert prepared.images.std(axis=(1, 2)).min() > 5  # real content, not blank
-    labels = real_samples[list(DISEASES)].to_numpy(np.float32)
+    labels = real_samples[list(NIH_PATHOLOGIES)].to_numpy(np.float32)
     rows = np.arange(len(real_samples))
-    batches = list(make_dataset(prepared.images, labels, rows, 8, training=False, seed=0))
+    batches = list(make_dataset(prepared.images, labels, rows, batch_size=8))
     n = len(real_samples)
     assert [b[0].shape[0] for b in batches] == [8] * (n // 8) + ([n % 8] if n % 8 else [])
     x = np.concatenate([b[0].numpy() for b in batches])
@@ -220,7 +232,7 @@ def test_prepare_accepts_16_bit_and_rgba_and_reports_broken_files(tmp_path):
     )
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     paths = [str(tmp_path / n) for n in ("grey16.png", "rgba.png", "broken.png", "absent.png")]
-    prepared = prepare.prepare(paths, 16, tmp_path / "cache", workers=1)
+    prepared = cache.prepare_images(paths, 16, tmp_path / "cache", workers=1)
     assert prepared.images[0].min() < 10 and prepared.images[0].max() > 245  # 16-bit scaled, not clipped
     assert np.all(prepared.images[1] == 200)
     assert sorted(prepared.failures) == [2, 3]
@@ -234,7 +246,7 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
     folder = ensure_dataset(SyntheticGeneratorConfig(n_patients=150, resolution=32), tmp_path / "syn")
     paths = sorted(str(p) for p in (folder / "images").iterdir())
     calls = []
-    real_load = prepare._load_one
+    real_load = cache._load_one
 
     def flaky(task):
         calls.append(task[0])
@@ -242,29 +254,31 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user pressing Ctrl-C mid-way
         return real_load(task)
 
-    monkeypatch.setattr(prepare, "CHUNK", 64)
-    monkeypatch.setattr(prepare, "_load_one", flaky)
+    monkeypatch.setattr(cache, "CHUNK", 64)
+    monkeypatch.setattr(cache, "_load_one", flaky)
     with pytest.raises(KeyboardInterrupt):
-        prepare.prepare(paths, 24, tmp_path / "cache", workers=1)
-    assert not prepare.cache_folder(tmp_path / "cache", paths, 24).exists()  # nothing looks complete
-    monkeypatch.setattr(prepare, "_load_one", real_load)
-    resumed = prepare.prepare(paths, 24, tmp_path / "cache", workers=1)
-    fresh = prepare.prepare(paths, 24, tmp_path / "fresh", workers=1)
+        cache.prepare_images(paths, 24, tmp_path / "cache", workers=1)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        ".24px-" + cache.cache_key(paths, 24) + ".partial"
+    ]
+    monkeypatch.setattr(cache, "_load_one", real_load)
+    resumed = cache.prepare_images(paths, 24, tmp_path / "cache", workers=1)
+    fresh = cache.prepare_images(paths, 24, tmp_path / "fresh", workers=1)
     np.testing.assert_array_equal(resumed.images, fresh.images)
 
 
 def test_cache_built_for_another_size_or_list_is_rejected(tmp_path):
     folder = ensure_dataset(SyntheticGeneratorConfig(n_patients=10, resolution=16), tmp_path / "syn")
     paths = sorted(str(p) for p in (folder / "images").iterdir())
-    built = prepare.prepare(paths, 8, tmp_path / "cache", workers=1).folder
-    other = prepare.cache_folder(tmp_path / "cache", paths, 12)
+    built = cache.prepare_images(paths, 8, tmp_path / "cache", workers=1).folder
+    other = built.with_name(f"12px-{cache.cache_key(paths, 12)}")
     shutil.copytree(built, other)
     with pytest.raises(CxrError, match="was built for .*'size': 8.*delete"):
-        prepare.prepare(paths, 12, tmp_path / "cache")
-    manifest = json.loads((built / prepare.MANIFEST).read_text())
-    (built / prepare.MANIFEST).write_text(json.dumps({**manifest, "key": "0" * 16}))
+        cache.prepare_images(paths, 12, tmp_path / "cache")
+    manifest = json.loads((built / cache.MANIFEST).read_text())
+    (built / cache.MANIFEST).write_text(json.dumps({**manifest, "key": "0" * 16}))
     with pytest.raises(CxrError, match="not for this dataset"):
-        prepare.prepare(paths, 8, tmp_path / "cache")
+        cache.prepare_images(paths, 8, tmp_path / "cache")
 
 
 def test_augmentation_changes_training_batches_only(tmp_path):
@@ -272,14 +286,15 @@ def test_augmentation_changes_training_batches_only(tmp_path):
     from cxr.data.pipeline import make_dataset
 
     images = np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (4, 32, 1))
-    labels = np.eye(4, len(DISEASES), dtype=np.float32)
+    labels = np.eye(4, len(NIH_PATHOLOGIES), dtype=np.float32)
     aug = OmegaConf.structured(AugmentConfig(rotation_degrees=10, shift_fraction=0.1, contrast=0.2))
-    plain = next(iter(make_dataset(images, labels, np.arange(4), 4, training=False, seed=0)))[0].numpy()
-    moved = next(iter(make_dataset(images, labels, np.arange(4), 4, training=True, seed=0, augment=aug)))
+    plain = next(iter(make_dataset(images, labels, np.arange(4), batch_size=4)))[0].numpy()
+    moved = next(iter(make_dataset(images, labels, np.arange(4), batch_size=4, training=True, augment=aug)))
     assert moved[0].shape == plain.shape and not np.allclose(moved[0].numpy(), plain)
     np.testing.assert_array_equal(np.sort(moved[1].numpy(), axis=0), np.sort(labels, axis=0))
 
 
+@pytest.mark.slow
 def test_prepare_cli_reports_and_resumes(tmp_path):
     args = [
         "dataset.generator.n_patients=30",
@@ -296,6 +311,7 @@ def test_prepare_cli_reports_and_resumes(tmp_path):
     assert again.returncode == 0 and "all images read" in again.stdout
 
 
+@pytest.mark.slow
 def test_prepare_cli_lists_unreadable_images_and_training_leaves_them_out(tmp_path):
     args = [
         "dataset.generator.n_patients=30",
@@ -311,14 +327,12 @@ def test_prepare_cli_lists_unreadable_images_and_training_leaves_them_out(tmp_pa
     assert out.returncode == 0, out.stderr[-2000:]
     assert "1 image(s) could not be read:" in out.stdout and "00000003_000.png" in out.stdout
 
-    from cxr.train import usable_rows
+    from cxr.data.prepared import load_prepared
 
-    table = load_table(_synthetic_cfg(tmp_path))  # the same generated set the CLI used
-    prepared = prepare.prepare(table["path"].tolist(), 24, tmp_path / "cache")
-    rows = usable_rows(table, prepared)
-    kept = np.concatenate(list(rows.values()))
-    assert len(kept) == len(table) - 1
-    assert "00000003_000.png" not in set(table["Image Index"].iloc[kept])
+    data = load_prepared(_synthetic_cfg(tmp_path), warn=False)  # the same generated set the CLI used
+    kept = np.concatenate(list(data.rows.values()))
+    assert len(kept) == len(data.table) - 1
+    assert "00000003_000.png" not in set(data.table["image_id"].iloc[kept])
 
 
 def _synthetic_cfg(tmp_path):
@@ -329,8 +343,50 @@ def _synthetic_cfg(tmp_path):
     return OmegaConf.structured(cfg)
 
 
+@pytest.mark.slow
 def test_prepare_cli_bad_root_exits_2(tmp_path):
     out = run_cli(
         "cxr.prepare", "dataset=nih", f"dataset.root={tmp_path}/none", f"hydra.run.dir={tmp_path}/h"
     )
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_a_malformed_box_file_does_not_stop_reading_the_release(tmp_path):
+    folder = _write_release(tmp_path, ROWS)
+    (folder / nih.BBOX_FILE).write_text("Image Index,Finding Label\na_000.png,Mass\n")
+    release = nih.load_release(folder)  # training never needs the boxes
+    assert len(release.metadata) == 3
+    with pytest.raises(CxrError, match="expected Image Index, Finding Label and 4 box columns"):
+        release.bounding_boxes()
+
+
+def test_split_csv_keeps_nih_names_and_reads_back(tmp_path):
+    table = pd.DataFrame(
+        {"image_id": ["a.png", "b.png"], "patient_id": [1, 2], "split": ["train", "test"], "path": ["x", "y"]}
+    )
+    path = splits.write_split_csv(table, tmp_path / "split.csv")
+    assert path.read_text().splitlines() == ["Image Index,Patient ID,split", "a.png,1,train", "b.png,2,test"]
+    back = splits.read_split_csv(path)
+    assert list(back.columns) == ["image_id", "patient_id", "split"] and list(back["split"]) == [
+        "train",
+        "test",
+    ]
+    (tmp_path / "bad.csv").write_text("Image Index,Patient ID,split\na.png,1,holdout\n")
+    with pytest.raises(CxrError, match=r"bad.csv is not a cxr split file.*found split\(s\) \['holdout'\]"):
+        splits.read_split_csv(tmp_path / "bad.csv")
+
+
+def test_a_logged_split_is_restored_and_missing_images_are_named(tmp_path):
+    from cxr.data.prepared import load_prepared
+
+    cfg = _synthetic_cfg(tmp_path)
+    first = load_prepared(cfg, warn=False)
+    logged = first.table[["image_id", "patient_id"]].assign(split="test")  # every image in test
+    logged.loc[logged.index[:5], "split"] = "train"
+    logged.loc[logged.index[5:10], "split"] = "val"
+    restored = load_prepared(cfg, logged, split_source="run abc", warn=False)
+    assert list(restored.table["split"]) == list(logged["split"])
+    assert [len(restored.rows[s]) for s in splits.SPLIT_NAMES] == [5, 5, len(logged) - 10]
+    gone = pd.concat([logged, pd.DataFrame({"image_id": ["zzz.png"], "patient_id": [0], "split": ["test"]})])
+    with pytest.raises(CxrError, match="1 images of run abc's split are not in the dataset.*zzz.png"):
+        load_prepared(cfg, gone, split_source="run abc", warn=False)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from cxr.config import DenseNet121CbamConfig, DenseNet121Config, SmallCnnConfig
 from cxr.errors import CxrError
-from cxr.labels import NUM_CLASSES
+from cxr.labels import NIH_PATHOLOGIES
 from cxr.losses import DynamicWeightedBCE
 from cxr.metrics import epoch_metrics
 from cxr.models import MODELS, build_model
@@ -23,6 +23,8 @@ from cxr.models.cbam import CBAM, ChannelAttention, SpatialAttention
 from cxr.models.layers import GreyToImageNet
 
 from .conftest import REPO
+
+NUM_CLASSES = len(NIH_PATHOLOGIES)
 
 SIZE = 32  # DenseNet121's smallest input
 CONFIGS = {
@@ -137,6 +139,7 @@ def test_a_missing_weights_file_is_a_clear_error(tmp_path):
         build_model(model_cfg("densenet121", weights=str(tmp_path / "nope.h5")), SIZE, NUM_CLASSES)
 
 
+@pytest.mark.slow
 def test_imagenet_weights_offline_fail_with_advice_not_a_traceback(tmp_path):
     """The download is pointed at a closed local port, so this fails the same with or without internet."""
     proxy = "http://127.0.0.1:9"
@@ -156,6 +159,7 @@ def test_imagenet_weights_offline_fail_with_advice_not_a_traceback(tmp_path):
     assert "model.weights=null" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_freezing_all_or_up_to_a_layer():
     frozen = build_model(model_cfg("densenet121", frozen="all"), SIZE, NUM_CLASSES)
     assert frozen.get_layer("densenet121").trainable_weights == []
@@ -169,6 +173,7 @@ def test_freezing_all_or_up_to_a_layer():
         build_model(model_cfg("densenet121", frozen="conv9"), SIZE, NUM_CLASSES)
 
 
+@pytest.mark.slow
 def test_saved_models_load_in_a_fresh_process_in_safe_mode_with_identical_outputs(tmp_path):
     x = images(3, seed=2)
     np.save(tmp_path / "x.npy", x)

@@ -10,7 +10,7 @@ from PIL import Image
 from cxr.config import SyntheticGeneratorConfig
 from cxr.data import nih
 from cxr.data.synthetic import ensure_dataset, sample_metadata
-from cxr.labels import DISEASES, NIH_PREVALENCE
+from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
 
 OFFICIAL_COLUMNS = [
     "Image Index",
@@ -48,7 +48,7 @@ def test_writes_the_nih_layout(generated, small_cfg):
     with Image.open(names[0]) as img:
         assert img.mode == "L" and img.size == (48, 48)
     labels = set("|".join(meta["Finding Labels"]).split("|"))
-    assert labels <= set(DISEASES) | {"No Finding"} and "No Finding" in labels
+    assert labels <= set(NIH_PATHOLOGIES) | {"No Finding"} and "No Finding" in labels
 
     train_val = (generated / "train_val_list.txt").read_text().split()
     test = (generated / "test_list.txt").read_text().split()
@@ -78,28 +78,28 @@ def test_other_seed_other_data():
 def test_prevalence_and_cooccurrence_are_nih_like():
     meta, labels = sample_metadata(SyntheticGeneratorConfig(n_patients=6000, seed=0))
     prevalence = labels.mean(axis=0)
-    expected = np.array([NIH_PREVALENCE[d] for d in DISEASES])
+    expected = np.array([NIH_PREVALENCE[d] for d in NIH_PATHOLOGIES])
     assert np.all(np.abs(prevalence - expected) <= 0.25 * expected + 0.002)
-    assert DISEASES[int(np.argmax(prevalence))] == "Infiltration"
+    assert NIH_PATHOLOGIES[int(np.argmax(prevalence))] == "Infiltration"
     multi = (labels.sum(axis=1) > 1).mean()
     assert 0.08 < multi < 0.35  # NIH: 18.5% of images carry more than one finding
     corr = np.corrcoef(labels.T)
-    i, j, k = (DISEASES.index(d) for d in ("Effusion", "Edema", "Hernia"))
+    i, j, k = (NIH_PATHOLOGIES.index(d) for d in ("Effusion", "Edema", "Hernia"))
     assert corr[i, j] > 0.1 > abs(corr[i, k])
 
 
 def test_min_prevalence_floors_rare_findings():
     _, labels = sample_metadata(SyntheticGeneratorConfig(n_patients=3000, min_prevalence=0.05))
-    assert labels[:, DISEASES.index("Hernia")].mean() > 0.04
+    assert labels[:, NIH_PATHOLOGIES.index("Hernia")].mean() > 0.04
 
 
 def test_each_finding_leaves_a_visible_trace():
     from cxr.data.synthetic import render
 
-    for k, disease in enumerate(DISEASES):
+    for k, disease in enumerate(NIH_PATHOLOGIES):
         peaks = []
         for seed in range(4):
-            pos = np.zeros(len(DISEASES), np.uint8)
+            pos = np.zeros(len(NIH_PATHOLOGIES), np.uint8)
             pos[k] = 1
             with_it = render(pos, 96, strength=1.0, noise=0.0, seed=[seed])
             without = render(np.zeros_like(pos), 96, strength=1.0, noise=0.0, seed=[seed])
@@ -114,7 +114,7 @@ def test_reader_reads_the_generated_set(generated):
     meta = release.metadata
     raw = pd.read_csv(generated / "Data_Entry_2017.csv")
     assert len(meta) == len(raw)
-    row = meta.set_index("Image Index").loc[raw["Image Index"][0]]
+    row = meta.set_index("image_id").loc[raw["Image Index"][0]]
     expected = set(raw["Finding Labels"][0].split("|")) - {"No Finding"}
-    assert {d for d in DISEASES if row[d] == 1} == expected
+    assert {d for d in NIH_PATHOLOGIES if row[d] == 1} == expected
     assert len(release.train_val) + len(release.test) == len(meta)

@@ -12,9 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr.errors import CxrError
-from cxr.labels import DISEASES
+from cxr.labels import NIH_PATHOLOGIES
 from cxr.train import train
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
+
+pytestmark = pytest.mark.slow  # each test trains, or starts a process
 
 
 @pytest.fixture(scope="module")
@@ -22,25 +24,28 @@ def finished(tmp_path_factory):
     """One tiny training run shared by the assertions below (training is the slow part)."""
     tmp = tmp_path_factory.mktemp("run")
     with hydra_compose() as compose_cfg:
-        cfg = compose_cfg(["loss=dynamic_bce", *TINY, *store_overrides(tmp)])
-    val_auc = train(cfg, ["loss=dynamic_bce"])
+        cfg = compose_cfg(
+            ["loss=dynamic_bce", "optimized_metric=val_auprc_mean", *TINY, *store_overrides(tmp)]
+        )
+    objective = train(cfg, ["loss=dynamic_bce"])
     client = MlflowClient(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
     (run,) = client.search_runs([experiment.experiment_id])
-    return cfg, client, run, val_auc
+    return cfg, client, run, objective
 
 
 def test_run_finished_with_all_disease_aucs(finished):
-    _, _, run, val_auc = finished
+    _, _, run, objective = finished
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     for split in ("val", "test"):
-        for disease in DISEASES:
+        for disease in NIH_PATHOLOGIES:
             assert f"{split}_auc_{disease}" in metrics
-        defined = [metrics[f"{split}_auc_{d}"] for d in DISEASES if not np.isnan(metrics[f"{split}_auc_{d}"])]
+        defined = [v for d in NIH_PATHOLOGIES if not np.isnan(v := metrics[f"{split}_auc_{d}"])]
         assert metrics[f"{split}_auc_mean"] == pytest.approx(np.mean(defined))
         assert 0.0 <= metrics[f"{split}_auc_mean"] <= 1.0
-    assert val_auc == pytest.approx(metrics["val_auc_mean"])
+    assert objective == pytest.approx(metrics["val_auprc_mean"])  # the configured optimized_metric
+    assert objective != pytest.approx(metrics["val_auc_mean"])
 
 
 def test_run_logs_config_params_tags_and_epoch_history(finished):
@@ -75,7 +80,7 @@ def test_logged_model_loads_and_predicts(finished):
     model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
     size = cfg.dataset.image_size
     out = model.predict(np.zeros((2, size, size, 1), np.uint8), verbose=0)
-    assert out.shape == (2, len(DISEASES)) and np.all((out >= 0) & (out <= 1))
+    assert out.shape == (2, len(NIH_PATHOLOGIES)) and np.all((out >= 0) & (out <= 1))
     info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert info.signature.inputs.inputs[0].shape == (-1, size, size, 1)
 
@@ -107,9 +112,21 @@ def test_cli_runs_and_prints_run_id_auc_and_ui_command(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     run_id = out.stdout.split("MLflow run ")[1].split()[0]
-    assert MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id).info.status == "FINISHED"
-    assert "mean AUC [95% CI]: validation 0." in out.stdout
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["tracking.experiment_name"] == "cxr-demo"
+    m = run.data.metrics
+    printed = "mean AUC [95% CI]: validation {:.4f} [{:.4f}, {:.4f}], test {:.4f} [{:.4f}, {:.4f}]".format(
+        *(m[f"{s}_auc_mean{c}"] for s in ("val", "test") for c in ("", "_ci_low", "_ci_high"))
+    )
+    assert printed in out.stdout  # the numbers printed are the numbers logged
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db" in out.stdout
+
+
+def test_choosing_on_test_is_refused_before_any_work(compose_cfg, tmp_path):
+    cfg = compose_cfg([*TINY, *store_overrides(tmp_path), "optimized_metric=test_auc_mean"])
+    with pytest.raises(CxrError, match="optimized_metric='test_auc_mean': choose a validation metric"):
+        train(cfg)
+    assert not (tmp_path / "synthetic").exists() and not (tmp_path / "mlruns").exists()
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
@@ -137,16 +154,16 @@ def test_run_logs_intervals_thresholds_operating_points_and_plots(finished, tmp_
         assert m[f"{split}_auc_mean_ci_low"] <= m[f"{split}_auc_mean"] <= m[f"{split}_auc_mean_ci_high"]
         assert 0.0 <= m[f"{split}_auc_micro"] <= 1.0 and 0.0 <= m[f"{split}_auprc_mean"] <= 1.0
         assert m[f"{split}_auc_std"] >= 0.0
-    for disease in DISEASES:
+    for disease in NIH_PATHOLOGIES:
         assert f"threshold_{disease}" in m
         for quantity in ("sensitivity", "specificity", "ppv", "npv", "auprc"):
             assert f"test_{quantity}_{disease}" in m
     uri = f"runs:/{run.info.run_id}"
     thresholds = json.loads(mlflow.artifacts.load_text(f"{uri}/evaluation/thresholds.json"))
     assert thresholds["chosen_on"] == "val" and thresholds["method"] == "youden"
-    assert set(thresholds["thresholds"]) == set(DISEASES)
+    assert set(thresholds["thresholds"]) == set(NIH_PATHOLOGIES)
     table = pd.read_csv(mlflow.artifacts.download_artifacts(f"{uri}/evaluation/test_per_disease.csv"))
-    assert list(table["disease"]) == list(DISEASES)
+    assert list(table["disease"]) == list(NIH_PATHOLOGIES)
     for column in (
         "auc",
         "auc_ci_low",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,25 +14,34 @@ from cxr.registry import Registry
 DATASETS: Registry = Registry("dataset")
 
 
-def _from_release(release: nih.NihRelease, cfg) -> pd.DataFrame:
+@dataclass(frozen=True)
+class DatasetTable:
+    """One row per image (image_id, patient_id, one 0/1 column per pathology, path, split, ...) and
+    the dataset's own pathology list, in the order of the model's outputs."""
+
+    table: pd.DataFrame
+    pathologies: tuple[str, ...]
+
+
+def _from_release(release: nih.NihRelease, cfg) -> DatasetTable:
     meta = release.metadata.copy()
-    meta["split"] = splits.assign(meta, release.train_val, release.test, cfg)
-    return meta.dropna(subset=["split"]).reset_index(drop=True)
+    meta["split"] = splits.assign(meta, release.pathologies, release.train_val, release.test, cfg)
+    return DatasetTable(meta.dropna(subset=["split"]).reset_index(drop=True), release.pathologies)
 
 
 @DATASETS.register("synthetic")
-def synthetic_dataset(cfg) -> pd.DataFrame:
+def synthetic_dataset(cfg) -> DatasetTable:
     folder = synthetic.ensure_dataset(cfg.generator, cfg.root)
     return _from_release(nih.load_release(folder, cfg.allow_missing_images), cfg)
 
 
 @DATASETS.register("nih")
-def nih_dataset(cfg) -> pd.DataFrame:
+def nih_dataset(cfg) -> DatasetTable:
     if not cfg.root:
         raise CxrError("dataset.root is not set: pass dataset.root=/path/to/ChestX-ray14 or set CXR_NIH_ROOT")
     return _from_release(nih.load_release(Path(cfg.root), cfg.allow_missing_images), cfg)
 
 
-def load_table(cfg) -> pd.DataFrame:
-    """Image Index, Patient ID, the 14 labels, demographics, path and split: one row per image."""
+def load_table(cfg) -> DatasetTable:
+    """The configured dataset (`cfg` is the `dataset` config group) with its split assigned."""
     return DATASETS.get(cfg.name)(cfg)

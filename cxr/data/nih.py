@@ -1,4 +1,9 @@
-"""Reads ChestX-ray14 as the NIH ships it: label file, split lists and image folders."""
+"""Reads ChestX-ray14 as the NIH ships it: label file, split lists and image folders.
+
+The NIH column names are normalised here, once (`Image Index` -> `image_id`, `Patient ID` ->
+`patient_id`, ...), so nothing downstream depends on one dataset's spelling; the user-facing
+`split.csv` keeps the NIH names (see cxr.data.splits).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.errors import CxrError
-from cxr.labels import DISEASES, NO_FINDING
+from cxr.labels import NIH_PATHOLOGIES, NO_FINDING
 
 LABEL_FILES = (
     "Data_Entry_2017_v2020.csv",
@@ -20,7 +25,15 @@ LABEL_FILES = (
     "Data_Entry_2017.csv.gz",
 )
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
-KEPT_COLUMNS = ("Follow-up #", "Patient Age", "Patient Gender", "View Position")
+# NIH's columns -> cxr's names; only these are kept
+COLUMNS = {
+    "Image Index": "image_id",
+    "Patient ID": "patient_id",
+    "Follow-up #": "follow_up",
+    "Patient Age": "age",
+    "Patient Gender": "sex",
+    "View Position": "view",
+}
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 BBOX_FILE = "BBox_List_2017.csv"
@@ -31,11 +44,16 @@ BBOX_SPELLING = {"Infiltrate": "Infiltration"}  # the box file's name for a labe
 class NihRelease:
     """Metadata (one row per image, with its file path) and the official split lists."""
 
-    metadata: pd.DataFrame
+    metadata: pd.DataFrame  # image_id, patient_id, follow_up, age, sex, view, the pathologies, path
     train_val: list[str]
     test: list[str]
     root: Path
-    bboxes: pd.DataFrame | None = None  # expert boxes on some test images, when the release has them
+    pathologies: tuple[str, ...] = NIH_PATHOLOGIES
+
+    def bounding_boxes(self) -> pd.DataFrame | None:
+        """Expert boxes on some test images, when the release has them; read on demand (localisation)."""
+        path = self.root / BBOX_FILE
+        return read_bboxes(path) if path.is_file() else None
 
 
 def find_label_file(root: Path) -> Path:
@@ -48,10 +66,12 @@ def find_label_file(root: Path) -> Path:
     )
 
 
-def parse_findings(findings: pd.Series, source: Path) -> np.ndarray:
-    """'A|B' strings to the 0/1 matrix in canonical order; 'No Finding' is all zeros."""
-    index = {d: k for k, d in enumerate(DISEASES)}
-    out = np.zeros((len(findings), len(DISEASES)), dtype=np.uint8)
+def parse_findings(
+    findings: pd.Series, source: Path, pathologies: tuple[str, ...] = NIH_PATHOLOGIES
+) -> np.ndarray:
+    """'A|B' strings to the 0/1 matrix in the order of `pathologies`; 'No Finding' is all zeros."""
+    index = {d: k for k, d in enumerate(pathologies)}
+    out = np.zeros((len(findings), len(pathologies)), dtype=np.uint8)
     for row, text in enumerate(findings.fillna("").astype(str)):
         for label in text.split("|"):
             label = label.strip()
@@ -60,7 +80,7 @@ def parse_findings(findings: pd.Series, source: Path) -> np.ndarray:
             if label not in index:
                 raise CxrError(
                     f"{source}, line {row + 2}: unknown label {label!r} in Finding Labels {text!r}; "
-                    f"known labels: {', '.join(DISEASES)} and {NO_FINDING!r}"
+                    f"known labels: {', '.join(pathologies)} and {NO_FINDING!r}"
                 )
             out[row, index[label]] = 1
     return out
@@ -77,8 +97,8 @@ def read_label_file(path: Path) -> pd.DataFrame:
     dup = raw["Image Index"][raw["Image Index"].duplicated()]
     if len(dup):
         raise CxrError(f"{path}: {len(dup)} duplicate Image Index rows, first {dup.iloc[0]!r}")
-    table = raw[[c for c in (*REQUIRED_COLUMNS, *KEPT_COLUMNS) if c in raw.columns]].copy()
-    table[list(DISEASES)] = parse_findings(raw["Finding Labels"], path)
+    table = raw[[c for c in COLUMNS if c in raw.columns]].rename(columns=COLUMNS)
+    table[list(NIH_PATHOLOGIES)] = parse_findings(raw["Finding Labels"], path)
     return table.reset_index(drop=True)
 
 
@@ -102,14 +122,14 @@ def read_list(path: Path) -> list[str]:
 
 
 def read_bboxes(path: Path) -> pd.DataFrame:
-    """Image Index, Finding Label (label-file spelling), x, y, w, h: one row per box."""
+    """image_id, finding (label-file spelling), x, y, w, h: one row per box."""
     raw = pd.read_csv(path, header=0)
     if raw.shape[1] < 6:
         raise CxrError(f"{path}: expected Image Index, Finding Label and 4 box columns, got {list(raw.columns)}")
     boxes = raw.iloc[:, :6].copy()
-    boxes.columns = ["Image Index", "Finding Label", "x", "y", "w", "h"]
-    boxes["Finding Label"] = boxes["Finding Label"].replace(BBOX_SPELLING)
-    unknown = sorted(set(boxes["Finding Label"]) - set(DISEASES))
+    boxes.columns = ["image_id", "finding", "x", "y", "w", "h"]
+    boxes["finding"] = boxes["finding"].replace(BBOX_SPELLING)
+    unknown = sorted(set(boxes["finding"]) - set(NIH_PATHOLOGIES))
     if unknown:
         raise CxrError(f"{path}: unknown finding(s) {unknown}")
     return boxes
@@ -123,8 +143,8 @@ def load_release(root: str | os.PathLike, allow_missing_images: bool = False) ->
     label_file = find_label_file(root)
     meta = read_label_file(label_file)
     files = find_images(root)
-    paths = meta["Image Index"].map(files)
-    missing = meta.loc[paths.isna(), "Image Index"]
+    paths = meta["image_id"].map(files)
+    missing = meta.loc[paths.isna(), "image_id"]
     train_val, test = read_list(root / TRAIN_VAL_LIST), read_list(root / TEST_LIST)
     if len(missing):
         where = f"{root}/images or {root}/images_*/images"
@@ -142,5 +162,4 @@ def load_release(root: str | os.PathLike, allow_missing_images: bool = False) ->
         train_val = [n for n in train_val if n not in absent]
         test = [n for n in test if n not in absent]
     meta["path"] = paths.astype(str)
-    bboxes = read_bboxes(root / BBOX_FILE) if (root / BBOX_FILE).is_file() else None
-    return NihRelease(meta, train_val, test, root, bboxes)
+    return NihRelease(meta, train_val, test, root)

@@ -36,16 +36,18 @@ def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
     rows: np.ndarray,
+    *,
     batch_size: int,
-    training: bool,
-    seed: int,
+    training: bool = False,
+    seed: int = 0,
     shuffle_buffer: int = 2048,
     deterministic: bool = True,
     augment=None,
 ) -> tf.data.Dataset:
     """Batches of (x, y) for the given rows; reads only those rows of the memory-mapped cache.
 
-    `augment` (an AugmentConfig) applies random transforms to the grey images before preprocessing.
+    Training batches are shuffled (`seed`, `shuffle_buffer`) and, with `augment` (an AugmentConfig),
+    randomly transformed; otherwise the rows come in the given order, untouched.
     """
     size = images.shape[1]
     transform = augmenter(augment, seed) if augment is not None else None

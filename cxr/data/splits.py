@@ -8,26 +8,32 @@ positive images, assigning whole patients greedily, rarest findings first.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxr.errors import CxrError
-from cxr.labels import DISEASES
 from cxr.registry import Registry
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLITS: Registry = Registry("split")
+# split.csv, saved with every run, keeps the NIH column names users know
+SPLIT_CSV_COLUMNS = {"image_id": "Image Index", "patient_id": "Patient ID", "split": "split"}
 
 
-def stratify_patients(meta: pd.DataFrame, fractions: Sequence[float], seed: int) -> np.ndarray:
+def stratify_patients(
+    meta: pd.DataFrame, pathologies: Sequence[str], fractions: Sequence[float], seed: int
+) -> np.ndarray:
     """Index into `fractions` for every row of `meta`, whole patients at a time."""
     fractions = np.asarray(fractions, dtype=np.float64)
     if fractions.ndim != 1 or np.any(fractions <= 0) or not np.isclose(fractions.sum(), 1.0):
         raise CxrError(f"split fractions must be positive and sum to 1, got {fractions.tolist()}")
-    codes, patients = pd.factorize(meta["Patient ID"])
-    per_image = np.concatenate([np.ones((len(meta), 1)), meta[list(DISEASES)].to_numpy(np.float64)], axis=1)
+    codes, patients = pd.factorize(meta["patient_id"])
+    labels = meta[list(pathologies)].to_numpy(np.float64)
+    per_image = np.concatenate([np.ones((len(meta), 1)), labels], axis=1)
     counts = np.zeros((len(patients), per_image.shape[1]))
     np.add.at(counts, codes, per_image)  # per patient: images, positive images of each finding
     totals = counts.sum(axis=0)
@@ -49,9 +55,9 @@ def stratify_patients(meta: pd.DataFrame, fractions: Sequence[float], seed: int)
     return assignment[codes]
 
 
-def prevalence_deviation(meta: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+def prevalence_deviation(meta: pd.DataFrame, split: pd.Series, pathologies: Sequence[str]) -> pd.DataFrame:
     """|p_split - p_all| / p_all per finding (rows) and split (columns): how stratified a split is."""
-    labels = meta[list(DISEASES)]
+    labels = meta[list(pathologies)]
     overall = labels.mean()
     return pd.DataFrame(
         {s: (labels[split == s].mean() - overall).abs() / overall for s in SPLIT_NAMES if (split == s).any()}
@@ -68,31 +74,38 @@ def _check_known(names: list[str], known: pd.Series, list_name: str) -> None:
 
 
 @SPLITS.register("official")
-def official_split(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd.Series:
+def official_split(
+    meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
+) -> pd.Series:
     """The NIH test list is the test set; validation patients are carved out of train_val, stratified."""
-    _check_known(train_val, meta["Image Index"], "train_val_list.txt")
-    _check_known(test, meta["Image Index"], "test_list.txt")
+    _check_known(train_val, meta["image_id"], "train_val_list.txt")
+    _check_known(test, meta["image_id"], "test_list.txt")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise CxrError(f"dataset.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     split = pd.Series(pd.NA, index=meta.index, dtype="object")
-    split[meta["Image Index"].isin(test)] = "test"
-    in_train_val = meta["Image Index"].isin(train_val) & split.isna()
+    split[meta["image_id"].isin(test)] = "test"
+    in_train_val = meta["image_id"].isin(train_val) & split.isna()
     if in_train_val.any():
-        part = stratify_patients(meta[in_train_val], [1 - cfg.val_fraction, cfg.val_fraction], cfg.split_seed)
+        fractions = [1 - cfg.val_fraction, cfg.val_fraction]
+        part = stratify_patients(meta[in_train_val], pathologies, fractions, cfg.split_seed)
         split[in_train_val] = np.array(["train", "val"])[part]
     return split
 
 
 @SPLITS.register("random")
-def random_split(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd.Series:
+def random_split(
+    meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
+) -> pd.Series:
     """The 2025 study's 90/5/5 (or `dataset.split_fractions`), patient-level and stratified."""
-    part = stratify_patients(meta, cfg.split_fractions, cfg.split_seed)
+    part = stratify_patients(meta, pathologies, cfg.split_fractions, cfg.split_seed)
     return pd.Series(np.array(SPLIT_NAMES)[part], index=meta.index, dtype="object")
 
 
-def assign(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd.Series:
+def assign(
+    meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
+) -> pd.Series:
     """The split column for `meta` as configured; errors if a split ends empty."""
-    split = SPLITS.get(cfg.split)(meta, train_val, test, cfg)
+    split = SPLITS.get(cfg.split)(meta, pathologies, train_val, test, cfg)
     counts = split.value_counts()
     empty = [s for s in SPLIT_NAMES if counts.get(s, 0) == 0]
     if empty:
@@ -101,7 +114,48 @@ def assign(meta: pd.DataFrame, train_val: list[str], test: list[str], cfg) -> pd
             f"(train/val/test images: {[int(counts.get(s, 0)) for s in SPLIT_NAMES]}); "
             "use more images or other fractions"
         )
-    shared = meta.assign(split=split).dropna(subset=["split"]).groupby("Patient ID")["split"].nunique()
+    shared = meta.assign(split=split).dropna(subset=["split"]).groupby("patient_id")["split"].nunique()
     if (shared > 1).any():  # a guard on the invariant, not a user error
         raise AssertionError(f"patients in two splits: {list(shared[shared > 1].index[:5])}")
     return split
+
+
+# ------------------------------------------------------------------ split.csv
+def write_split_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """`Image Index, Patient ID, split` for every image: the record of who was trained on."""
+    path = Path(path)
+    table[list(SPLIT_CSV_COLUMNS)].rename(columns=SPLIT_CSV_COLUMNS).to_csv(path, index=False)
+    return path
+
+
+def read_split_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A split.csv back as image_id, patient_id, split."""
+    try:
+        raw = pd.read_csv(path, dtype={"Image Index": str})
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise CxrError(f"cannot read split file {path}: {err}") from None
+    missing = [c for c in SPLIT_CSV_COLUMNS.values() if c not in raw.columns]
+    bad = sorted(set(raw.get("split", pd.Series(dtype=str)).dropna()) - set(SPLIT_NAMES))
+    if missing or bad:
+        raise CxrError(
+            f"{path} is not a cxr split file: it needs columns {list(SPLIT_CSV_COLUMNS.values())} "
+            f"with splits {', '.join(SPLIT_NAMES)}" + (f"; found split(s) {bad}" if bad else "")
+        )
+    return raw.rename(columns={v: k for k, v in SPLIT_CSV_COLUMNS.items()})[list(SPLIT_CSV_COLUMNS)]
+
+
+def apply_split(table: pd.DataFrame, logged: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Give each image the split it had in training, so no training image is ever scored as test.
+
+    Images added to the dataset since are left out; images of the logged split that are gone are an
+    error naming `source` (where the split came from).
+    """
+    split = logged.set_index("image_id")["split"]
+    absent = split.index.difference(table["image_id"])
+    if len(absent):
+        raise CxrError(
+            f"{len(absent)} images of {source}'s split are not in the dataset (first: "
+            f"{', '.join(absent[:3])}); point the dataset root at the dataset the run used"
+        )
+    table = table[table["image_id"].isin(split.index)].reset_index(drop=True)
+    return table.assign(split=table["image_id"].map(split).to_numpy())

@@ -23,7 +23,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import norm
 
 from cxr.config import SyntheticGeneratorConfig
-from cxr.labels import DISEASES, NIH_PREVALENCE, NO_FINDING
+from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE, NO_FINDING
 
 MANIFEST = "generator.json"
 
@@ -59,16 +59,16 @@ def fingerprint(cfg: SyntheticGeneratorConfig) -> str:
 
 
 def prevalences(min_prevalence: float) -> np.ndarray:
-    return np.array([max(NIH_PREVALENCE[d], min_prevalence) for d in DISEASES])
+    return np.array([max(NIH_PREVALENCE[d], min_prevalence) for d in NIH_PATHOLOGIES])
 
 
 def _latent(rng: np.random.Generator, n: int) -> np.ndarray:
     """Standard-normal latents with the co-occurrence structure, one row per draw."""
     shared = rng.standard_normal((n, 1))
     factors = {f: rng.standard_normal((n, 1)) for f in _FACTORS}
-    own = rng.standard_normal((n, len(DISEASES)))
+    own = rng.standard_normal((n, len(NIH_PATHOLOGIES)))
     cols = []
-    for k, disease in enumerate(DISEASES):
+    for k, disease in enumerate(NIH_PATHOLOGIES):
         factor = _FACTOR_OF[disease]
         b = _FACTOR_LOADING if factor != "none" else 0.0
         z = _SHARED_LOADING * shared[:, 0] + (b * factors[factor][:, 0] if b else 0.0) + own[:, k]
@@ -94,7 +94,7 @@ def sample_metadata(cfg: SyntheticGeneratorConfig) -> pd.DataFrame:
     view = np.where(rng.random(len(patient_of_image)) < 0.6, "PA", "AP")
     patient_id = patient_of_image + 1
     names = [f"{p:08d}_{f:03d}.png" for p, f in zip(patient_id, followup, strict=True)]
-    findings = ["|".join(d for d, y in zip(DISEASES, row, strict=True) if y) or NO_FINDING for row in labels]
+    findings = ["|".join(d for d, y in zip(NIH_PATHOLOGIES, row, strict=True) if y) or NO_FINDING for row in labels]
     return pd.DataFrame(
         {
             "Image Index": names,
@@ -139,7 +139,7 @@ def render(labels: np.ndarray, resolution: int, strength: float, noise: float, s
     """A chest-like grey image (uint8) showing the trace of each positive label."""
     rng = np.random.default_rng(seed)
     c = _Canvas(resolution, rng)
-    pos = dict(zip(DISEASES, labels.astype(bool), strict=True))
+    pos = dict(zip(NIH_PATHOLOGIES, labels.astype(bool), strict=True))
     s = strength
     jx, jy = rng.normal(0, 0.015, 2)
     u = rng.uniform

@@ -1,7 +1,8 @@
-"""Final evaluation: per-disease AUC and AUPRC with patient-level bootstrap intervals, and operating
+"""Scoring predictions: per-disease AUC and AUPRC with patient-level bootstrap intervals, and operating
 thresholds chosen on validation then applied unchanged to another split.
 
-Pure NumPy on (images, 14) arrays: no Keras, no MLflow. AUC and average precision are computed
+Pure NumPy on (images, pathologies) arrays: no Keras, no MLflow; tables are indexed by the
+dataset's own pathology names. AUC and average precision are computed
 with sample weights so that a bootstrap resample is a weight vector (how many times each image's
 patient was drawn) and a thousand resamples cost one sort and a few matrix passes, not a thousand sorts.
 """
@@ -9,6 +10,7 @@ patient was drawn) and a thousand resamples cost one sort and a few matrix passe
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,6 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxr.errors import CxrError
-from cxr.labels import DISEASES
 from cxr.registry import Registry
 
 _CHUNK_ELEMENTS = 4_000_000  # images x resamples processed at once: bounds memory to a few 100 MB
@@ -81,14 +82,6 @@ def _cumulative(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def weighted_auc(y, s, weights, owner=None) -> np.ndarray:
-    return Ranking(y, s, owner).auc(weights)
-
-
-def weighted_average_precision(y, s, weights, owner=None) -> np.ndarray:
-    return Ranking(y, s, owner).average_precision(weights)
-
-
 # ------------------------------------------------------------------ bootstrap by patient
 def patient_bootstrap(patients: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(patient weights (patients, resamples), each image's patient row).
@@ -150,14 +143,26 @@ class SplitReport:
     summary: dict[str, float]  # auc_mean, auc_std, auc_micro, auprc_mean (+ _ci_low/_ci_high)
 
 
+def _index(pathologies: Sequence[str], y: np.ndarray) -> pd.Index:
+    if len(pathologies) != y.shape[1]:
+        raise CxrError(f"{len(pathologies)} pathology names for {y.shape[1]} label columns")
+    return pd.Index(list(pathologies), name="disease")
+
+
 def evaluate_split(
-    y: np.ndarray, s: np.ndarray, patients: np.ndarray, resamples: int, confidence: float, seed: int
+    y: np.ndarray,
+    s: np.ndarray,
+    patients: np.ndarray,
+    pathologies: Sequence[str],
+    resamples: int,
+    confidence: float,
+    seed: int,
 ) -> SplitReport:
     y, s = np.asarray(y, np.float64), np.asarray(s, np.float64)
     if y.shape != s.shape or y.ndim != 2 or len(patients) != len(y):
         raise CxrError(f"labels {y.shape}, scores {s.shape} and {len(patients)} patient ids do not match")
     point = bootstrap_scores(y, s, np.ones((len(y), 1)))
-    table = pd.DataFrame(index=pd.Index(DISEASES[: y.shape[1]], name="disease"))
+    table = pd.DataFrame(index=_index(pathologies, y))
     table["n_images"] = len(y)
     table["n_positive"] = y.sum(axis=0).astype(int)
     table["prevalence"] = y.mean(axis=0)
@@ -212,7 +217,9 @@ def choose_thresholds(y_val: np.ndarray, s_val: np.ndarray, method: str) -> np.n
     return out
 
 
-def confusion_counts(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> pd.DataFrame:
+def confusion_counts(
+    y: np.ndarray, s: np.ndarray, thresholds: np.ndarray, pathologies: Sequence[str]
+) -> pd.DataFrame:
     """TP, FP, TN, FN per disease when score >= threshold is called positive."""
     truth = np.asarray(y) > 0.5
     pred = np.asarray(s) >= thresholds[None, :]
@@ -222,12 +229,14 @@ def confusion_counts(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> pd
         "tn": (~truth & ~pred).sum(axis=0),
         "fn": (truth & ~pred).sum(axis=0),
     }
-    return pd.DataFrame(counts, index=pd.Index(DISEASES[: y.shape[1]], name="disease"))
+    return pd.DataFrame(counts, index=_index(pathologies, y))
 
 
-def operating_points(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray) -> pd.DataFrame:
+def operating_points(
+    y: np.ndarray, s: np.ndarray, thresholds: np.ndarray, pathologies: Sequence[str]
+) -> pd.DataFrame:
     """Sensitivity, specificity, PPV and NPV at the given thresholds; NaN where undefined."""
-    c = confusion_counts(y, s, thresholds).astype(float)
+    c = confusion_counts(y, s, thresholds, pathologies).astype(float)
 
     def ratio(num, den):
         return np.where(den > 0, num / den.where(den > 0, 1.0), np.nan)

@@ -59,12 +59,17 @@ def load_resized(path: str, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+def read_image(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, None), or (None, "path: reason") for a file that cannot be read as an image."""
+    try:
+        return load_resized(path, size), None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        return None, f"{path}: {type(err).__name__}: {err}"
+
+
 def _load_one(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str | None]:
     row, path, size = task
-    try:
-        return row, load_resized(path, size), None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return row, None, f"{path}: {type(err).__name__}: {err}"
+    return (row, *read_image(path, size))
 
 
 def cache_key(paths: list[str], size: int) -> str:
@@ -76,10 +81,6 @@ def cache_key(paths: list[str], size: int) -> str:
 
 def _folder(cache_dir: str | os.PathLike, size: int, key: str) -> Path:
     return Path(cache_dir) / f"{size}px-{key}"
-
-
-def cache_folder(cache_dir: str | os.PathLike, paths: list[str], size: int) -> Path:
-    return _folder(cache_dir, size, cache_key(paths, size))
 
 
 def _row_keys(failures: dict[str, str]) -> dict[int, str]:
@@ -167,7 +168,7 @@ def open_cache(folder: Path, count: int, size: int, key: str) -> PreparedImages:
     return PreparedImages(images, _row_keys(manifest["failures"]), folder)
 
 
-def prepare(
+def prepare_images(
     paths: list[str], size: int, cache_dir: str | os.PathLike, workers: int | None = None
 ) -> PreparedImages:
     """The cached images for these files at this size, built (or resumed) on first use."""

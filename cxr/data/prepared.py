@@ -1,0 +1,75 @@
+"""The one way every command gets its data: table, split, cached images, labels, usable rows.
+
+`cxr.train`, `cxr.evaluate`, `cxr.prepare` (and prediction over a split) all call `load_prepared`,
+so reading the dataset, assigning or restoring the split, building the image cache and leaving out
+unreadable images happen in one place, in one order.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cxr.data.cache import PreparedImages, prepare_images
+from cxr.data.datasets import load_table
+from cxr.data.splits import SPLIT_NAMES, apply_split
+from cxr.errors import CxrError
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A dataset ready for training or evaluation; arrays are aligned with `table`'s rows."""
+
+    table: pd.DataFrame  # image_id, patient_id, the pathologies, path, split, ...
+    pathologies: tuple[str, ...]  # the label columns, in the order of the model's outputs
+    images: np.ndarray  # (N, size, size) uint8, memory-mapped
+    labels: np.ndarray  # (N, len(pathologies)) float32
+    patients: np.ndarray  # (N,) patient ids, for the patient-level bootstrap
+    rows: dict[str, np.ndarray]  # split -> row indices of its readable images
+    cache: PreparedImages
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+
+def usable_rows(table: pd.DataFrame, failures: dict[int, str]) -> dict[str, np.ndarray]:
+    """Row indices of each split without the images the cache could not read; no split may end empty."""
+    keep = np.ones(len(table), dtype=bool)
+    keep[list(failures)] = False
+    split = table["split"].to_numpy()
+    rows = {s: np.flatnonzero((split == s) & keep) for s in SPLIT_NAMES}
+    empty = [s for s, r in rows.items() if len(r) == 0]
+    if empty:
+        raise CxrError(f"no readable images left in the {', '.join(empty)} split(s)")
+    return rows
+
+
+def load_prepared(
+    cfg, logged_split: pd.DataFrame | None = None, split_source: str = "", warn: bool = True
+) -> PreparedData:
+    """The dataset `cfg` (the `dataset` config group) describes, with its cache built on first use.
+
+    `logged_split` (image_id, split; from a run's split.csv) replaces the configured split, so a
+    logged model is always scored on the patients it was not trained on; `split_source` names it in
+    errors. With `warn`, unreadable images are named on stderr (they are always left out).
+    """
+    data = load_table(cfg)
+    table = data.table
+    if logged_split is not None:
+        table = apply_split(table, logged_split, split_source or "the logged split")
+    cache = prepare_images(table["path"].tolist(), cfg.image_size, cfg.cache_dir)
+    if warn and cache.failures:
+        print(f"cxr: warning: {cache.failure_report(limit=10)}\nThey are left out.", file=sys.stderr)
+    return PreparedData(
+        table=table,
+        pathologies=data.pathologies,
+        images=cache.images,
+        labels=table[list(data.pathologies)].to_numpy(dtype=np.float32),
+        patients=table["patient_id"].to_numpy(),
+        rows=usable_rows(table, cache.failures),
+        cache=cache,
+    )

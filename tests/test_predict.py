@@ -1,0 +1,48 @@
+"""Batched prediction over image files and over a prepared dataset's splits, with a real small model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from cxr.config import SmallCnnConfig
+from cxr.data.cache import load_resized
+from cxr.labels import NIH_PATHOLOGIES
+from cxr.models import build_model
+from cxr.predict import predict_files
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = OmegaConf.structured(SmallCnnConfig(filters=[4], dense_units=8))
+    return build_model(cfg, SIZE, len(NIH_PATHOLOGIES))
+
+
+def test_predicts_real_files_of_every_size_and_mode_and_names_the_unreadable(model, shared_data, tmp_path):
+    samples = pd.read_csv(shared_data / "nih-samples" / "labels.csv")
+    paths = [str(shared_data / "nih-samples" / p) for p in samples["path"]]
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is a text file with an image's name")
+    given = [paths[0], str(not_an_image), *paths[1:]]
+
+    out = predict_files(model, given, batch_size=4)  # several batches, the last one short
+
+    assert out.paths == paths  # the readable ones, in the order given
+    assert (
+        list(out.failures) == [str(not_an_image)]
+        and "UnidentifiedImageError" in out.failures[str(not_an_image)]
+    )
+    assert out.scores.shape == (len(paths), len(NIH_PATHOLOGIES))
+    assert np.all((out.scores >= 0) & (out.scores <= 1))
+    expected = model.predict(np.stack([load_resized(p, SIZE) for p in paths])[..., None], verbose=0)
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)  # the cache's resizing
+
+
+def test_no_readable_file_gives_an_empty_result(model, tmp_path):
+    out = predict_files(model, [str(tmp_path / "absent.png")])
+    assert out.paths == [] and out.scores.shape == (0, len(NIH_PATHOLOGIES))
+    assert "absent.png" in out.failures[str(tmp_path / "absent.png")]

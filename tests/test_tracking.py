@@ -1,0 +1,49 @@
+"""`tracking.tracked_run` owns a run's identity and its final state, whatever ends it (real SQLite store)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cxr import tracking
+from tests.conftest import store_overrides
+
+
+@pytest.fixture
+def cfg(compose_cfg, tmp_path):
+    return compose_cfg(["loss=dynamic_bce", *store_overrides(tmp_path)])
+
+
+def only_run(cfg):
+    client = MlflowClient(cfg.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id])
+    return run
+
+
+def test_a_run_that_finishes_holds_params_tags_and_config(cfg):
+    with tracking.tracked_run(cfg, ["loss=dynamic_bce"]) as run_id:
+        pass
+    run = only_run(cfg)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.params["loss.smoothing_factor"] == "0.1"
+    assert run.data.tags["hydra.overrides"] == "loss=dynamic_bce"
+    assert "git_commit" not in run.data.tags  # MLflow's own mlflow.source.git.commit says it
+    assert "cxr.error" not in run.data.tags
+
+
+@pytest.mark.parametrize(
+    "raised, status",
+    [(ValueError("bad value"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (optuna.TrialPruned(), "KILLED")],
+)
+def test_every_ending_leaves_a_final_state(cfg, raised, status):
+    with pytest.raises(type(raised)), tracking.tracked_run(cfg, []):
+        raise raised
+    run = only_run(cfg)
+    assert run.info.status == status
+    assert ("cxr.error" in run.data.tags) == (status == "FAILED")
+    if status == "FAILED":
+        assert run.data.tags["cxr.error"] == "ValueError: bad value"
+    import mlflow
+
+    assert mlflow.active_run() is None  # nothing left open for the next run in this process
