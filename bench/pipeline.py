@@ -74,7 +74,8 @@ def main() -> None:
         tmp = Path(tmp)
         paths = source_images(tmp, args.images)
 
-        from cxr.data.cache import load_resized, prepare_images
+        from cxr.data.cache import prepare_images
+        from cxr.data.images import load_resized
 
         start = time.perf_counter()
         for p in paths[:128]:

@@ -8,12 +8,9 @@ and the requested split, and writes the same metrics, tables and plots `cxr.trai
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 
 import hydra
-import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cxr.config import register_configs
 from cxr.errors import CxrError, exit_on_user_error
@@ -53,50 +50,29 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
     )
 
 
-def logged_run_inputs(run_id: str, folder: Path) -> tuple[DictConfig, pd.DataFrame]:
-    """The run's resolved config and its split (image_id, patient_id, split)."""
-    import mlflow
-
-    from cxr.data.splits import read_split_csv
-
-    try:
-        config = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/config.yaml", dst_path=str(folder))
-        split = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/split.csv", dst_path=str(folder))
-    except Exception as err:  # MLflow raises several types for a missing artifact
-        raise CxrError(
-            f"run {run_id} has no config.yaml/split.csv artifacts; was it logged by cxr.train? ({err})"
-        ) from None
-    return OmegaConf.load(config), read_split_csv(split)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise CxrError(f"split={cfg.split!r}: choose one of {', '.join(SPLITS)}")
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from cxr import tracking
-    from cxr.data.prepared import load_prepared
-    from cxr.predict import predict_splits
+    from cxr import pyfunc, tracking
+    from cxr.predict import predict_model_splits
     from cxr.reporting import evaluate_predictions, log_evaluation, summary_line
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run_id, model_uri = resolve_model(MlflowClient(cfg.tracking.uri), cfg.run_id, cfg.model_uri)
-    with tempfile.TemporaryDirectory() as folder:
-        run_cfg, logged_split = logged_run_inputs(run_id, Path(folder))
+    run_cfg, logged_split = tracking.logged_run_inputs(run_id)
     dataset = run_cfg.dataset
     if cfg.dataset_root:
         dataset.root = cfg.dataset_root
     if cfg.cache_dir:
         dataset.cache_dir = cfg.cache_dir
-    data = load_prepared(dataset, logged_split, split_source=f"run {run_id}")
-
-    import cxr.losses  # noqa: F401  (registers the custom objects the saved model refers to)
-    import cxr.metrics  # noqa: F401
-    import cxr.models  # noqa: F401
-
-    model = mlflow.keras.load_model(model_uri)
-    predictions = predict_splits(model, data, ["val", cfg.split], cfg.evaluation.batch_size)
+    model = pyfunc.load(model_uri)
+    splits = ["val", cfg.split]
+    predictions, data = predict_model_splits(
+        model, dataset, splits, cfg.evaluation.batch_size, logged_split, split_source=f"run {run_id}"
+    )
     evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
     with mlflow.start_run(run_id=run_id):
         log_evaluation(evaluation, cfg.evaluation.plots)

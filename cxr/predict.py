@@ -2,7 +2,7 @@
 
 Nothing here logs or evaluates; `cxr.reporting` turns predictions into numbers and artifacts.
 Every cxr model takes raw grey uint8 images of its input size, so files only need reading and
-resizing the way the cache does it (`cxr.data.cache.load_resized`).
+resizing the way the cache does it (`cxr.data.images`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr.data.cache import read_image
-from cxr.data.prepared import PreparedData
+from cxr.data.images import IMAGE_ERRORS, read_grey
+from cxr.data.prepared import PreparedData, load_prepared
+from cxr.errors import CxrError
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,6 @@ class FilePredictions:
     failures: dict[str, str]  # path -> reason
 
 
-def input_size(model) -> int:
-    """The square side a model's `image` input takes."""
-    shape = model.input_shape
-    return int(shape[1])
-
-
 def predict_splits(
     model, data: PreparedData, splits: Iterable[str], batch_size: int
 ) -> dict[str, Predictions]:
@@ -55,32 +50,62 @@ def predict_splits(
     return out
 
 
+def predict_model_splits(
+    model, dataset_cfg, splits: Iterable[str], batch_size: int, logged_split=None, split_source: str = ""
+) -> tuple[dict[str, Predictions], PreparedData]:
+    """A cxr model (`cxr.pyfunc.CxrModel`, one member or several) scored on a dataset's splits.
+
+    Each member reads the dataset's cache at its own input size (built on first use), so an ensemble
+    of members trained at 224 and 320 px sees what each was trained on. Returns the combined
+    predictions and the data at the first member's size.
+    """
+    from omegaconf import OmegaConf
+
+    splits = list(dict.fromkeys(splits))
+    per_member, first = [], None
+    for member, size in zip(model.members, model.spec.image_sizes, strict=True):
+        cfg = OmegaConf.merge(dataset_cfg, {"image_size": size})
+        data = load_prepared(cfg, logged_split, split_source, warn=first is None)
+        if first is not None and any(not np.array_equal(first.rows[s], data.rows[s]) for s in splits):
+            raise CxrError(f"the {size}px cache has other readable images than the first member's")
+        first = first or data
+        per_member.append(predict_splits(member, data, splits, batch_size))
+    combined = {
+        s: Predictions(
+            first.labels[first.rows[s]],
+            model.combine([p[s].scores for p in per_member]),
+            first.patients[first.rows[s]],
+        )
+        for s in splits
+    }
+    return combined, first
+
+
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def predict_files(model, paths: Sequence[str], batch_size: int = 32) -> FilePredictions:
-    """Read, resize and score image files (PNG/JPEG, 8/16-bit grey, RGB, RGBA) in batches.
+    """Score image files (PNG/JPEG of any size; 8/16-bit grey, RGB, RGBA) with a cxr model, in batches.
 
-    A file that cannot be read is named in `failures` and the others are still scored.
+    `model` is a `cxr.pyfunc.CxrModel`: each member sees the files resized to its own input size. A
+    file that cannot be read is named in `failures` with the reason, and the others are still scored.
     """
-    size = input_size(model)
-    images: list[np.ndarray] = []
     readable: list[str] = []
+    scores: list[np.ndarray] = []
     failures: dict[str, str] = {}
-    for path in paths:
-        pixels, reason = read_image(str(path), size)
-        if pixels is None:
-            failures[str(path)] = reason
-        else:
-            images.append(pixels)
-            readable.append(str(path))
-    scores = [
-        np.asarray(model.predict_on_batch(np.stack(chunk)[..., None]))
-        for chunk in _batches(images, batch_size)
-    ]
-    width = int(model.output_shape[-1])
+    for chunk in _batches(list(paths), batch_size):
+        images = []
+        for path in chunk:
+            try:
+                images.append(read_grey(path))
+                readable.append(str(path))
+            except IMAGE_ERRORS as err:
+                failures[str(path)] = f"{type(err).__name__}: {err}"
+        if images:
+            scores.append(model.probabilities(images, batch_size))
+    width = len(model.pathologies)
     return FilePredictions(
         readable, np.concatenate(scores) if scores else np.empty((0, width), np.float32), failures
     )

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.errors import CxrError
@@ -161,28 +160,21 @@ def epoch_logger():
     return MlflowEpochLogger()
 
 
-def log_keras_model(model, image_size: int, registered_model_name: str | None = None):
-    """Log the model with a tensor signature and pinned requirements (inferring them costs seconds)."""
-    import keras
-    import tensorflow as tf
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+def logged_run_inputs(run_id: str) -> tuple[DictConfig, Any]:
+    """A cxr run's resolved config and its split (image_id, patient_id, split), as it logged them."""
+    import tempfile
 
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 1), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.output_shape[-1]), "predictions")]),
-    )
-    return mlflow.keras.log_model(
-        model,
-        name="model",
-        signature=signature,
-        pip_requirements=[
-            f"tensorflow=={tf.__version__}",
-            f"keras=={keras.__version__}",
-            f"mlflow=={mlflow.__version__}",
-        ],
-        registered_model_name=registered_model_name,
-    )
+    from cxr.data.splits import read_split_csv
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            config = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/config.yaml", dst_path=folder)
+            split = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/split.csv", dst_path=folder)
+        except Exception as err:  # MLflow raises several types for a missing artifact
+            raise CxrError(
+                f"run {run_id} has no config.yaml/split.csv artifacts; was it logged by cxr.train? ({err})"
+            ) from None
+        return OmegaConf.load(config), read_split_csv(split)
 
 
 def ui_command(uri: str) -> str:

@@ -112,6 +112,37 @@ def fit(cfg: DictConfig, data, reporter=None):
     return model, history
 
 
+def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=None) -> None:
+    """Log the trained model as cxr's pyfunc and, when a name is configured, register a version
+    tagged with what ranking, ensembling and prediction need."""
+    from mlflow.tracking import MlflowClient
+
+    from cxr import model_registry, pyfunc
+    from cxr.data.splits import split_digest
+
+    spec = pyfunc.ModelSpec(
+        pathologies=list(data.pathologies),
+        thresholds=evaluation.thresholds["thresholds"],
+        image_sizes=[data.image_size],
+        weights=[1.0],
+        members=[{"run_id": run_id}],
+    )
+    name = cfg.tracking.registered_model_name
+    info = pyfunc.log_model([model], spec, registered_model_name=name)
+    if name:
+        tags = model_registry.version_tags(
+            evaluation.metrics,
+            run_id,
+            spec,
+            split_digest(data.table),
+            cfg.tracking.experiment_name,
+            study=reporter.study_name if reporter is not None else None,
+            trial=reporter.number if reporter is not None else None,
+        )
+        client = MlflowClient(cfg.tracking.uri)
+        model_registry.tag_version(client, name, str(info.registered_model_version), tags)
+
+
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """Data -> model -> fit -> evaluation, all logged to one MLflow run; returns cfg.optimized_metric.
 
@@ -149,7 +180,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         if (output_dir / "history.csv").is_file():
             mlflow.log_artifact(str(output_dir / "history.csv"))
         if cfg.tracking.log_model:
-            tracking.log_keras_model(model, data.image_size, cfg.tracking.registered_model_name)
+            log_model(cfg, model, data, evaluation, run_id, reporter)
         objective = _objective(evaluation, cfg.optimized_metric)
     _print_summary(cfg, run_id, evaluation.metrics)
     return objective

@@ -8,21 +8,30 @@ import pytest
 from omegaconf import OmegaConf
 
 from cxr.config import SmallCnnConfig
-from cxr.data.cache import load_resized
+from cxr.data.images import load_resized
 from cxr.labels import NIH_PATHOLOGIES
 from cxr.models import build_model
 from cxr.predict import predict_files
+from cxr.pyfunc import CxrModel, ModelSpec
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def model():
+def keras_model():
     cfg = OmegaConf.structured(SmallCnnConfig(filters=[4], dense_units=8))
     return build_model(cfg, SIZE, len(NIH_PATHOLOGIES))
 
 
-def test_predicts_real_files_of_every_size_and_mode_and_names_the_unreadable(model, shared_data, tmp_path):
+@pytest.fixture(scope="module")
+def model(keras_model):
+    spec = ModelSpec(list(NIH_PATHOLOGIES), dict.fromkeys(NIH_PATHOLOGIES, 0.5), [SIZE], [1.0])
+    return CxrModel.of([keras_model], spec)
+
+
+def test_predicts_real_files_of_every_size_and_mode_and_names_the_unreadable(
+    model, keras_model, shared_data, tmp_path
+):
     samples = pd.read_csv(shared_data / "nih-samples" / "labels.csv")
     paths = [str(shared_data / "nih-samples" / p) for p in samples["path"]]
     not_an_image = tmp_path / "notes.png"
@@ -38,7 +47,7 @@ def test_predicts_real_files_of_every_size_and_mode_and_names_the_unreadable(mod
     )
     assert out.scores.shape == (len(paths), len(NIH_PATHOLOGIES))
     assert np.all((out.scores >= 0) & (out.scores <= 1))
-    expected = model.predict(np.stack([load_resized(p, SIZE) for p in paths])[..., None], verbose=0)
+    expected = keras_model.predict(np.stack([load_resized(p, SIZE) for p in paths])[..., None], verbose=0)
     np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)  # the cache's resizing
 
 

@@ -74,15 +74,22 @@ def test_run_logs_config_split_and_history_artifacts(finished, tmp_path):
     assert table.groupby("Patient ID")["split"].nunique().max() == 1
 
 
-def test_logged_model_loads_and_predicts(finished):
+def test_logged_model_is_cxrs_pyfunc_with_its_thresholds(finished):
+    import json
+
+    from cxr import pyfunc
+
     cfg, _, run, _ = finished
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    model = pyfunc.load(f"runs:/{run.info.run_id}/model")
     size = cfg.dataset.image_size
-    out = model.predict(np.zeros((2, size, size, 1), np.uint8), verbose=0)
+    assert model.spec.image_sizes == [size] and model.pathologies == NIH_PATHOLOGIES
+    out = model.probabilities([np.zeros((size, size), np.uint8), np.full((100, 80), 200, np.uint8)])
     assert out.shape == (2, len(NIH_PATHOLOGIES)) and np.all((out >= 0) & (out <= 1))
+    logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/thresholds.json"))
+    assert model.spec.thresholds == logged["thresholds"]  # the validation-chosen thresholds ship with it
     info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
-    assert info.signature.inputs.inputs[0].shape == (-1, size, size, 1)
+    assert info.signature.inputs.input_names() == ["image"]
 
 
 def _only_run(cfg):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from cxr.data.images import read_image
 from cxr.errors import CxrError
 
 IMAGES_FILE = "images.npy"
@@ -43,28 +43,6 @@ class PreparedImages:
         shown = reasons if limit is None else reasons[:limit]
         more = f"\n  ... and {len(reasons) - len(shown)} more" if len(shown) < len(reasons) else ""
         return f"{len(reasons)} image(s) could not be read:\n  " + "\n  ".join(shown) + more
-
-
-def load_resized(path: str, size: int) -> np.ndarray:
-    """8/16-bit grey, RGB or RGBA file -> size x size uint8 grey."""
-    with Image.open(path) as img:
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float32)
-            scale = 65535.0 if arr.max() > 255 else 255.0
-            img = Image.fromarray((arr * (255.0 / scale)).clip(0, 255).astype(np.uint8), mode="L")
-        elif img.mode != "L":
-            img = img.convert("L")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(img, dtype=np.uint8)
-
-
-def read_image(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
-    """(pixels, None), or (None, "path: reason") for a file that cannot be read as an image."""
-    try:
-        return load_resized(path, size), None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return None, f"{path}: {type(err).__name__}: {err}"
 
 
 def _load_one(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str | None]:

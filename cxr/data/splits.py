@@ -159,3 +159,12 @@ def apply_split(table: pd.DataFrame, logged: pd.DataFrame, source: str) -> pd.Da
         )
     table = table[table["image_id"].isin(split.index)].reset_index(drop=True)
     return table.assign(split=table["image_id"].map(split).to_numpy())
+
+
+def split_digest(table: pd.DataFrame) -> str:
+    """A short fingerprint of who is in which split: models scored on different splits differ here."""
+    import hashlib
+
+    pairs = table[["image_id", "split"]].astype(str).sort_values("image_id")
+    text = "\n".join(pairs["image_id"] + "," + pairs["split"])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

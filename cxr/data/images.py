@@ -1,0 +1,55 @@
+"""Decoding one image file (or bytes) into grey uint8 pixels, and resizing them, one way for all.
+
+The cache, prediction over files, the served model and Grad-CAM overlays all read images here, so
+a picture gets the same pixels whether it was trained on, predicted from a folder or posted to a server.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# What reading a file that is not a (complete, supported) image raises
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
+def to_grey(img: Image.Image) -> np.ndarray:
+    """8/16-bit grey, RGB or RGBA -> (H, W) uint8 grey; 16-bit data above 255 is scaled from 65535."""
+    if img.mode in _SIXTEEN_BIT:
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 65535.0 if arr.max() > 255 else 255.0
+        return (arr * (255.0 / scale)).clip(0, 255).astype(np.uint8)
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_grey(source: str | os.PathLike | bytes) -> np.ndarray:
+    """A file's path, or its bytes, -> (H, W) uint8 grey at the file's own resolution."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        return to_grey(img)
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) uint8 -> (size, size) uint8, bilinear with PIL's reducing gap (fast, antialiased)."""
+    if pixels.shape == (size, size):
+        return pixels
+    img = Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """A file -> size x size uint8 grey, as the training cache stores it."""
+    return resize(read_grey(path), size)
+
+
+def read_image(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, None), or (None, "path: reason") for a file that cannot be read as an image."""
+    try:
+        return load_resized(path, size), None
+    except IMAGE_ERRORS as err:
+        return None, f"{path}: {type(err).__name__}: {err}"

@@ -1,0 +1,140 @@
+"""MLflow model versions: registered with what ranking and use need, ranked by validation AUC, aliases.
+
+(Not `cxr.registry`, the name -> builder registries of models and losses.) A version's tags hold
+everything the registry alone needs to rank and use it: the validation mean AUC and its interval,
+the run, the sweep and trial, the image size(s), the split's fingerprint and the thresholds, so
+ranking never opens a run and never looks at a test metric.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from cxr.errors import CxrError
+
+RANK_METRIC = "val_auc_mean"
+CHAMPION = "champion"
+KIND_TAG = "cxr.kind"
+SPLIT_TAG = "split_digest"
+RUN_TAG = "run_id"
+STUDY_TAG = "optuna.study_name"
+TRIAL_TAG = "optuna.trial_number"
+EXPERIMENT_TAG = "experiment"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One registered version, as the registry knows it."""
+
+    name: str
+    version: str
+    run_id: str
+    score: float  # the ranking metric (validation only)
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def version_tags(
+    metrics: dict[str, float],
+    run_id: str,
+    spec,
+    split_digest: str,
+    experiment: str,
+    study: str | None = None,
+    trial: int | None = None,
+) -> dict[str, str]:
+    """The tags a new version gets (spec is the model's cxr.pyfunc.ModelSpec)."""
+    tags = {
+        KIND_TAG: spec.kind,
+        RUN_TAG: run_id,
+        EXPERIMENT_TAG: experiment,
+        SPLIT_TAG: split_digest,
+        "image_size": ",".join(map(str, spec.image_sizes)),
+        "thresholds": json.dumps(spec.thresholds),
+    }
+    for key in (RANK_METRIC, f"{RANK_METRIC}_ci_low", f"{RANK_METRIC}_ci_high"):
+        if key in metrics:
+            tags[key] = repr(float(metrics[key]))
+    if study is not None:
+        tags[STUDY_TAG] = study
+        tags[TRIAL_TAG] = str(trial)
+    return tags
+
+
+def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _candidate(version, metric: str) -> Candidate | None:
+    tags = dict(version.tags or {})
+    try:
+        score = float(tags[metric])
+    except (KeyError, ValueError):
+        return None  # not registered by cxr, or never evaluated on validation
+    run_id = tags.get(RUN_TAG) or version.run_id
+    aliases = tuple(getattr(version, "aliases", []) or [])
+    return Candidate(version.name, str(version.version), run_id, score, tags, aliases)
+
+
+def ranked_versions(
+    client,
+    name: str,
+    *,
+    metric: str = RANK_METRIC,
+    study: str | None = None,
+    experiment: str | None = None,
+    kind: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> list[Candidate]:
+    """Versions of `name`, best validation score first, optionally filtered by study, experiment,
+    kind and exact tag values. Versions without the metric tag are left out."""
+    from mlflow.exceptions import MlflowException
+
+    if not metric.startswith("val_"):
+        raise CxrError(f"metric={metric!r}: rank on a validation metric, never on test")
+    try:
+        client.get_registered_model(name)
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as err:
+        raise CxrError(f"no registered model {name!r} in the MLflow store: {err.message}") from None
+    wanted = dict(tags or {})
+    if study is not None:
+        wanted[STUDY_TAG] = study
+    if experiment is not None:
+        wanted[EXPERIMENT_TAG] = experiment
+    if kind is not None:
+        wanted[KIND_TAG] = kind
+    out = []
+    for version in versions:
+        candidate = _candidate(client.get_model_version(name, version.version), metric)
+        if candidate and all(candidate.tags.get(k) == v for k, v in wanted.items()):
+            out.append(candidate)
+    return sorted(out, key=lambda c: (-c.score, -int(c.version)))
+
+
+def get_candidate(
+    client, name: str, version: str | None = None, alias: str | None = None, metric: str = RANK_METRIC
+) -> Candidate | None:
+    """One version by number or alias; None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException as err:
+        if alias:
+            return None
+        raise CxrError(f"cannot find version {version} of model {name!r}: {err.message}") from None
+    candidate = _candidate(found, metric)
+    if candidate is None:
+        raise CxrError(f"{name} version {found.version} has no {metric} tag; was it registered by cxr?")
+    return candidate
