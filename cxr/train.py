@@ -57,12 +57,12 @@ def _fail_on_nan_loss(history) -> None:
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """Data -> model -> fit -> evaluation, all logged to one MLflow run; returns val_auc_mean.
 
-    As a sweep trial (cfg.trial set by the sweeper) the run is a child of the sweep's parent run,
+    As a sweep trial (cfg.optuna set by the sweeper) the run is a child of the sweep's parent run,
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
     """
-    from cxr.trial import STATE_TAG, open_trial
+    from cxr.sweep.reporter import STATE_TAG, open_reporter
 
-    trial = open_trial(cfg.trial)
+    trial = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     table = load_table(cfg.dataset)
@@ -107,9 +107,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     run_options: dict = {"run_name": cfg.tracking.run_name}
     if trial is not None:
         run_options = {
-            "run_name": cfg.tracking.run_name or f"{cfg.trial.study_name}-trial-{trial.number}",
-            "parent_run_id": cfg.trial.parent_run_id,
-            "tags": {"optuna.study_name": cfg.trial.study_name, "optuna.trial_number": str(trial.number)},
+            "run_name": cfg.tracking.run_name or f"{cfg.optuna.study_name}-trial-{trial.number}",
+            "parent_run_id": cfg.optuna.parent_run_id,
+            "tags": {"optuna.study_name": cfg.optuna.study_name, "optuna.trial_number": str(trial.number)},
         }
     with mlflow.start_run(**run_options) as run:
         try:

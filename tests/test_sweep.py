@@ -203,7 +203,7 @@ def test_hydra_sweep_syntax_becomes_optuna_distributions():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hydra_plugins.cxr_optuna_sweeper.search_space import grid, split
+    from cxr.sweep.space import grid, split
 
     lines = [
         "model.dropout=interval(0.2, 0.6)",
@@ -239,8 +239,8 @@ def test_shipped_sweeps_compose_as_sweep_options(compose_cfg):
 
 def test_pruners_are_built_from_their_settings():
     from cxr.errors import CxrError
-    from cxr.trial import build_pruner
-    from hydra_plugins.cxr_optuna_sweeper.config import PrunerConf
+    from cxr.sweep.settings import PrunerConf
+    from cxr.sweep.study import build_pruner
 
     def settings(name):
         return {**PrunerConf(name=name).__dict__}
@@ -275,7 +275,7 @@ def test_n_jobs_trials_run_in_parallel_processes_with_the_joblib_launcher(tmp_pa
 
 
 def _open_storage(url: str) -> str:
-    from cxr.trial import rdb_storage
+    from cxr.sweep.study import rdb_storage
 
     rdb_storage(url)
     return "ok"
