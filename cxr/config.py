@@ -241,9 +241,9 @@ class TrackingConfig:
     registered_model_name: str | None = None  # also register the model under this name
 
 
-# ---------------------------------------------------------------- sweep trial
+# ---------------------------------------------------------------- sweep job
 @dataclass
-class TrialConfig:
+class OptunaJobConfig:
     """Set by the Optuna sweeper on each job it launches; all null for a plain run.
 
     The job reaches its trial through the storage (any process, any machine), never through memory.
@@ -252,7 +252,7 @@ class TrialConfig:
     storage: str | None = None  # Optuna storage URL
     study_name: str | None = None
     trial_id: int | None = None  # the storage's id of the trial
-    number: int | None = None  # the trial's number within its study
+    trial_number: int | None = None  # the trial's number within its study
     parent_run_id: str | None = None  # the sweep's MLflow parent run
 
 
@@ -266,7 +266,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     evaluation: EvaluationConfig = MISSING
-    trial: TrialConfig = field(default_factory=TrialConfig)
+    optuna: OptunaJobConfig = field(default_factory=OptunaJobConfig)
     seed: int = 42
     optimized_metric: str = "val_auc_mean"  # what cxr.train returns to a sweep; a validation metric
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml

@@ -110,7 +110,7 @@ def tracked_run(cfg: DictConfig, overrides: list[str], reporter=None) -> Iterato
     Ctrl-C -> KILLED. For a sweep trial (`reporter`, the job's Optuna trial) the run is a child of the
     sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
     """
-    from cxr.trial import STATE_TAG
+    from cxr.sweep.reporter import STATE_TAG
 
     configure(cfg.tracking)
     options: dict[str, Any] = {"run_name": cfg.tracking.run_name}

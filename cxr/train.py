@@ -146,15 +146,15 @@ def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=No
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     """Data -> model -> fit -> evaluation, all logged to one MLflow run; returns cfg.optimized_metric.
 
-    As a sweep trial (`cfg.trial`, set by the sweeper) the run is a child of the sweep's parent run,
+    As a sweep trial (`cfg.optuna`, set by the sweeper) the run is a child of the sweep's parent run,
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
     """
     from cxr.data.prepared import load_prepared
     from cxr.data.splits import write_split_csv
-    from cxr.trial import open_trial
+    from cxr.sweep.reporter import open_reporter
 
     check_optimized_metric(cfg.optimized_metric)
-    reporter = open_trial(cfg.trial)
+    reporter = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data = load_prepared(cfg.dataset)

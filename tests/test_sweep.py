@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import optuna
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from tests.conftest import REPO, TINY, run_cli, store_overrides
+from cxr.errors import CxrError
+from tests.conftest import REPO, TINY, hydra_compose, run_cli, store_overrides
 
 FAST = ["evaluation.plots=false", "evaluation.bootstrap.resamples=20", "tracking.log_model=false"]
 SMALL = [o for o in TINY if not o.startswith("trainer.batch_size")]  # core searches the batch size
@@ -52,6 +57,7 @@ def runs(tmp):
     return parents, children
 
 
+@pytest.mark.slow
 def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_root):
     args = sweep_args(
         tmp_path, data_root, "core", "+sweep=core", "model=small_cnn", "hydra.sweeper.n_trials=4"
@@ -87,8 +93,10 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
     assert [t.number for t in load(tmp_path, "core").trials] == list(range(8))
     (same_parent,), children = runs(tmp_path)
     assert same_parent.info.run_id == parent.info.run_id and len(children) == 8
+    assert same_parent.data.metrics["trials_complete"] == 8 and same_parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_root):
     """A finished trial that reported a perfect AUC every epoch: any real trial trails its median."""
     study = optuna.create_study(
@@ -112,9 +120,11 @@ def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_
     _, (child,) = runs(tmp_path)
     assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "KILLED"
     assert child.data.metrics["epochs_trained"] == 1 and "test_auc_mean" not in child.data.metrics
+    assert child.data.metrics["pruned_at_epoch"] == 0
     assert "trial 1 pruned" in out.stdout
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
     args = sweep_args(
         tmp_path,
@@ -125,6 +135,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
         "trainer.optimizer.name=choice(sgd,nosuch)",
         "trainer.optimizer.learning_rate=choice(0.001,1e30)",  # at 1e30 the loss becomes NaN
         "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.summary_by=[trainer.optimizer.name]",
     )
     out = run_cli("cxr.train", *args)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -148,8 +159,17 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
     assert len(by_state["COMPLETE"]) == 1 and by_state["COMPLETE"][0].info.status == "FINISHED"
     assert len(by_state["FAIL"]) == 3 and all(c.info.status == "FAILED" for c in by_state["FAIL"])
     assert sum("loss became nan" in c.data.tags["cxr.error"] for c in by_state["FAIL"]) == 1
+    # the summary counts completed trials only: sgd's one, and no row for nosuch
+    (parent,), _ = runs(tmp_path)
+    assert "value by trainer.optimizer.name (completed trials)" in out.stdout
+    summary = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").download_artifacts(
+        parent.info.run_id, "summary.csv", str(tmp_path)
+    )
+    table = pd.read_csv(summary)
+    assert table["params_trainer.optimizer.name"].tolist() == ["sgd"] and table["count"].tolist() == [1]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_sqlite_study_run_distinct_trials(tmp_path, data_root):
     # the dataset and cache exist before two processes would both create them
     prepared = run_cli(
@@ -185,6 +205,7 @@ def test_two_processes_on_one_sqlite_study_run_distinct_trials(tmp_path, data_ro
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
 
 
+@pytest.mark.slow
 def test_bad_search_space_is_one_line_and_exit_2(tmp_path, data_root):
     out = run_cli(
         "cxr.train",
@@ -193,7 +214,7 @@ def test_bad_search_space_is_one_line_and_exit_2(tmp_path, data_root):
         ),
         "model.dropout=interval(0.1,0.3)",
     )
-    assert out.returncode == 2
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert (
         out.stderr.strip().splitlines()[-1].startswith("cxr: error: sampler grid needs choice() or range()")
     )
@@ -203,7 +224,7 @@ def test_hydra_sweep_syntax_becomes_optuna_distributions():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hydra_plugins.cxr_optuna_sweeper.search_space import grid, split
+    from cxr.sweep.space import grid, split
 
     lines = [
         "model.dropout=interval(0.2, 0.6)",
@@ -229,29 +250,90 @@ def test_hydra_sweep_syntax_becomes_optuna_distributions():
     }
 
 
-def test_shipped_sweeps_compose_as_sweep_options(compose_cfg):
-    from hydra.core.config_store import ConfigStore
+def _values(distribution) -> list:
+    """Every choice of a categorical parameter, the ends of a numeric one."""
+    if hasattr(distribution, "choices"):
+        return list(distribution.choices)
+    return [distribution.low, distribution.high]
 
-    assert {"core.yaml", "loss_screen.yaml"} <= set(ConfigStore.instance().list("sweep"))
-    cfg = compose_cfg(["+sweep=loss_screen", "experiment=demo"])
-    assert cfg.model.name == "small_cnn"
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")))
+def test_each_shipped_sweep_selects_our_sweeper_and_every_value_it_searches_composes(name):
+    """A sweep file whose space does not parse, whose sampler cannot take that space, whose summary
+    groups by an unsearched key, or whose values do not compose into a job config fails here, before
+    any trial trains."""
+    from hydra import compose
+
+    from cxr.sweep import space
+    from cxr.sweep.study import build_pruner, build_sampler
+
+    base = ["experiment=demo", f"+sweep={name}"]
+    with hydra_compose():
+        sweeper = compose("config", overrides=base, return_hydra_config=True).hydra.sweeper
+        assert sweeper._target_ == "hydra_plugins.cxr_optuna_sweeper.plugin.CxrOptunaSweeper"
+        assert sweeper.study_name == name
+        searched, fixed = space.parse(None, sweeper.params, [])
+        build_sampler(sweeper.sampler, searched)
+        build_pruner(sweeper.pruner)
+        assert set(sweeper.summary_by) <= set(searched)
+        fixed_args = [f"{k}={v}" for k, v in fixed.items()]
+        for key, distribution in searched.items():
+            for value in _values(distribution):
+                job = compose("config", overrides=[*base, *fixed_args, f"{key}={space.format_value(value)}"])
+                chosen = OmegaConf.select(job, key)
+                assert (chosen.name if isinstance(chosen, DictConfig) else chosen) == value, key
+
+
+def test_the_summary_groups_completed_trials_best_first_with_mean_std_and_count():
+    from cxr.sweep.parent_run import summary_table
+
+    space = {"loss": optuna.distributions.CategoricalDistribution(["a", "b"])}
+    study = optuna.create_study(direction="maximize")
+    for loss, value, state in [
+        ("a", 0.6, TrialState.COMPLETE),
+        ("a", 0.8, TrialState.COMPLETE),
+        ("b", 0.9, TrialState.COMPLETE),
+        ("b", None, TrialState.FAIL),
+        ("b", None, TrialState.PRUNED),
+    ]:
+        trial = optuna.trial.create_trial(
+            params={"loss": loss}, distributions=space, value=value, state=state
+        )
+        study.add_trial(trial)
+    table = summary_table(study, ["loss", "not_searched"], "maximize")
+    assert table.index.tolist() == ["b", "a"] and table["count"].tolist() == [1, 2]
+    assert table["mean"].tolist() == pytest.approx([0.9, 0.7]) and table.loc["a", "std"] == pytest.approx(
+        0.1414, abs=1e-4
+    )
+    assert summary_table(study, ["loss"], "minimize").index.tolist() == ["a", "b"]
+    assert summary_table(study, ["not_searched"], "maximize") is None
 
 
 def test_pruners_are_built_from_their_settings():
-    from cxr.errors import CxrError
-    from cxr.trial import build_pruner
-    from hydra_plugins.cxr_optuna_sweeper.config import PrunerConf
+    from cxr.sweep.settings import PrunerConf
+    from cxr.sweep.study import build_pruner
 
     def settings(name):
         return {**PrunerConf(name=name).__dict__}
 
-    assert isinstance(build_pruner(settings("median")), optuna.pruners.MedianPruner)
-    assert isinstance(build_pruner(settings("hyperband")), optuna.pruners.HyperbandPruner)
+    # every setting reaches the pruner (Optuna keeps them in private attributes)
+    median = build_pruner(
+        {**settings("median"), "n_startup_trials": 3, "n_warmup_steps": 4, "interval_steps": 2}
+    )
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps, median._interval_steps) == (3, 4, 2)
+    hyperband = build_pruner(
+        {**settings("hyperband"), "min_resource": 2, "max_resource": 9, "reduction_factor": 4}
+    )
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert (hyperband._min_resource, hyperband._max_resource, hyperband._reduction_factor) == (2, 9, 4)
+    assert build_pruner(settings("hyperband"))._max_resource == "auto"  # null: learnt from the first trial
     assert isinstance(build_pruner(settings("none")), optuna.pruners.NopPruner)
     with pytest.raises(CxrError, match="choose median, hyperband or none"):
         build_pruner(settings("asha"))
 
 
+@pytest.mark.slow
 def test_n_jobs_trials_run_in_parallel_processes_with_the_joblib_launcher(tmp_path, data_root):
     args = sweep_args(
         tmp_path,
@@ -272,15 +354,18 @@ def test_n_jobs_trials_run_in_parallel_processes_with_the_joblib_launcher(tmp_pa
     assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {
         parent.info.run_id
     }
+    # launched together, not one after the other: each run starts before the other ends
+    assert max(c.info.start_time for c in children) < min(c.info.end_time for c in children)
 
 
 def _open_storage(url: str) -> str:
-    from cxr.trial import rdb_storage
+    from cxr.sweep.study import rdb_storage
 
     rdb_storage(url)
     return "ok"
 
 
+@pytest.mark.slow
 def test_workers_creating_a_new_storage_together_all_succeed(tmp_path):
     """Optuna's first connection creates the tables; simultaneous workers race on that (seen in CI)."""
     import multiprocessing
@@ -289,3 +374,72 @@ def test_workers_creating_a_new_storage_together_all_succeed(tmp_path):
         for attempt in range(3):
             url = f"sqlite:///{tmp_path}/race{attempt}.db"
             assert pool.map(_open_storage, [url] * 4) == ["ok"] * 4
+
+
+@pytest.mark.slow  # imports Keras
+def test_a_job_reopens_its_trial_from_the_storage_with_the_sweeps_pruner_and_is_pruned(tmp_path):
+    """What a job knows is its `optuna` config node; pruner and monitored metric come from the storage."""
+    from cxr.config import OptunaJobConfig
+    from cxr.sweep.reporter import open_reporter
+    from cxr.sweep.settings import CxrOptunaSweeperConf
+    from cxr.sweep.study import create_or_join
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="job", monitor="val_x"))
+    settings.pruner.n_startup_trials, settings.pruner.n_warmup_steps = 1, 0
+    searched = {"x": FloatDistribution(0.0, 1.0)}
+    study, created = create_or_join(settings, url, searched)
+    assert created and create_or_join(settings, url, searched)[1] is False  # a second worker joins
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=1.0, params={"x": 0.5}, distributions=searched, intermediate_values={0: 1.0, 1: 1.0}
+        )
+    )
+    trial = study.ask(searched)
+    job = OptunaJobConfig(
+        storage=url, study_name="job", trial_id=trial._trial_id, trial_number=trial.number, parent_run_id="p"
+    )
+    reporter = open_reporter(OmegaConf.structured(job))
+    assert (reporter.number, reporter.study_name, reporter.parent_run_id, reporter.pruned_at) == (
+        1,
+        "job",
+        "p",
+        None,
+    )
+    reporter.record_run("run-1")
+    callback, model = reporter.callback(), types.SimpleNamespace(stop_training=False)
+    callback.set_model(model)
+    with pytest.raises(CxrError, match="hydra.sweeper.monitor='val_x' is not logged each epoch"):
+        callback.on_epoch_end(0, {"val_auc": 0.5})
+    callback.on_epoch_end(0, {"val_x": 0.5})  # trails the finished trial's 1.0: pruned
+    assert reporter.pruned_at == 0 and model.stop_training
+    stored = load(tmp_path, "job").trials[1]
+    assert stored.intermediate_values == {0: 0.5} and stored.user_attrs["mlflow_run_id"] == "run-1"
+
+
+def test_a_plain_run_has_no_reporter_and_a_half_set_optuna_node_is_an_error():
+    from cxr.config import OptunaJobConfig
+    from cxr.sweep.reporter import open_reporter
+
+    assert open_reporter(OptunaJobConfig()) is None
+    with pytest.raises(CxrError, match="optuna.trial_id is set but optuna.storage or optuna.study_name"):
+        open_reporter(OptunaJobConfig(trial_id=3, storage="sqlite:///x.db"))
+
+
+def test_hydra_finds_the_sweeper_without_importing_optuna_or_mlflow():
+    """Hydra scans its plugins at every command's start-up; optuna and mlflow would add seconds to each.
+    It also instantiates a plugin only from a class it found under hydra_plugins."""
+    code = (
+        "import sys\n"
+        "from hydra.core.config_store import ConfigStore\n"
+        "from hydra.core.plugins import Plugins\n"
+        "found = Plugins.instance().class_name_to_class\n"
+        "print(sorted(m for m in ('optuna', 'mlflow') if m in sys.modules))\n"
+        "from cxr.sweep.sweeper import CxrOptunaSweeper\n"
+        "plugin = found['hydra_plugins.cxr_optuna_sweeper.plugin.CxrOptunaSweeper']\n"
+        "print(issubclass(plugin, CxrOptunaSweeper))\n"
+        "print('cxr_optuna.yaml' in ConfigStore.instance().list('hydra/sweeper'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["[]", "True", "True"]

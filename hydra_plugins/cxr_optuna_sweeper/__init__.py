@@ -1,1 +1,1 @@
-"""cxr's Optuna sweeper for Hydra (`hydra/sweeper=cxr_optuna`), found by Hydra's plugin discovery."""
+"""Registers cxr's Optuna sweeper with Hydra as `hydra/sweeper=cxr_optuna`; the sweeper is `cxr.sweep`."""

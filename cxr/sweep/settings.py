@@ -1,8 +1,6 @@
-"""The sweeper's typed settings, registered as `hydra/sweeper=cxr_optuna`."""
+"""The sweeper's typed settings, `hydra.sweeper.*` (hydra_plugins registers them as `cxr_optuna`)."""
 
 from dataclasses import dataclass, field
-
-from hydra.core.config_store import ConfigStore
 
 
 @dataclass
@@ -25,7 +23,8 @@ class PrunerConf:
 
 @dataclass
 class CxrOptunaSweeperConf:
-    _target_: str = "hydra_plugins.cxr_optuna_sweeper.sweeper.CxrOptunaSweeper"
+    # Hydra instantiates plugins only from classes defined under hydra_plugins: see that package
+    _target_: str = "hydra_plugins.cxr_optuna_sweeper.plugin.CxrOptunaSweeper"
     study_name: str = "cxr"
     storage: str | None = None  # any Optuna storage URL; null = sqlite:///mlruns/optuna.db
     direction: str = "maximize"  # of the value the task returns (cxr.train: val_auc_mean)
@@ -37,8 +36,3 @@ class CxrOptunaSweeperConf:
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] = field(default_factory=dict)  # key: choice(...) | interval(...) | ...
     summary_by: list[str] = field(default_factory=list)  # group finished trials by these params
-
-
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="cxr_optuna", node=CxrOptunaSweeperConf, provider="cxr"
-)

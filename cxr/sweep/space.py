@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
-if TYPE_CHECKING:  # Hydra imports every plugin module at start-up; optuna is imported on use
+from cxr.errors import CxrError
+
+if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
     from optuna.distributions import BaseDistribution
 
 
@@ -53,6 +57,25 @@ def split(overrides: list[Override]) -> tuple[dict[str, BaseDistribution], dict[
             searched[key] = distribution(override)
         else:
             fixed[key] = override.get_value_element_as_str()
+    return searched, fixed
+
+
+def parse(
+    config_loader, params: Mapping[str, str] | None, arguments: list[str]
+) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """The search space and the fixed overrides of `hydra.sweeper.params` and the command line's
+    overrides (which win); a CxrError says what is wrong or that nothing is searched."""
+    parser = OverridesParser.create(config_loader=config_loader)
+    lines = [*(f"{k}={v}" for k, v in (params or {}).items()), *arguments]
+    try:
+        searched, fixed = split(parser.parse_overrides(lines))
+    except Exception as err:  # Hydra's parse errors and ours say what is wrong
+        raise CxrError(f"search space: {err}") from None
+    if not searched:
+        raise CxrError(
+            "nothing to search: give hydra.sweeper.params (e.g. +sweep=core) or sweep overrides "
+            "such as 'model.dropout=interval(0.1,0.5)'"
+        )
     return searched, fixed
 
 

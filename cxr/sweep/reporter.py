@@ -1,0 +1,72 @@
+"""The job's side of a sweep: reopen its Optuna trial from the storage, report each epoch, prune.
+
+The sweeper sets the job's `optuna` config node (storage, study name, trial id and number, parent
+run); the pruner's settings and the metric to report come from the study's user attributes, so a
+job on any machine rebuilds the same pruner from the storage URL alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+from cxr.errors import CxrError
+from cxr.sweep.study import MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
+
+STATE_TAG = "optuna.state"  # the MLflow tag of a trial's run: COMPLETE, PRUNED or FAIL
+
+
+class TrialReporter:
+    """Reports one training job to its trial of a stored study."""
+
+    def __init__(self, cfg_optuna) -> None:
+        import optuna
+
+        storage = rdb_storage(cfg_optuna.storage)
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(cfg_optuna.study_name))
+        study = optuna.load_study(
+            study_name=cfg_optuna.study_name,
+            storage=storage,
+            pruner=build_pruner(attrs.get(PRUNER_ATTR, {})),
+        )
+        self.trial = optuna.trial.Trial(study, cfg_optuna.trial_id)
+        self.monitor: str = attrs.get(MONITOR_ATTR, "val_auc")
+        self.number: int = cfg_optuna.trial_number
+        self.study_name: str = cfg_optuna.study_name
+        self.parent_run_id: str | None = cfg_optuna.parent_run_id
+        self.pruned_at: int | None = None  # the epoch after which the pruner stopped training
+
+    def callback(self):
+        """A Keras callback: report the monitored metric each epoch; stop training when pruned."""
+        import keras
+
+        owner = self
+
+        class OptunaPruning(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                logs = logs or {}
+                if owner.monitor not in logs:
+                    raise CxrError(
+                        f"hydra.sweeper.monitor={owner.monitor!r} is not logged each epoch; "
+                        f"choose one of {', '.join(sorted(logs))}"
+                    )
+                value = float(logs[owner.monitor])
+                if math.isfinite(value):
+                    owner.trial.report(value, step=epoch)
+                if owner.trial.should_prune():
+                    owner.pruned_at = epoch
+                    self.model.stop_training = True
+
+        return OptunaPruning()
+
+    def record_run(self, run_id: str) -> None:
+        """Store the job's MLflow run id on its trial (the sweep's summary names the best trial's run)."""
+        self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+
+def open_reporter(cfg_optuna) -> TrialReporter | None:
+    """The reporter of the trial this job belongs to, or None for a plain training run."""
+    if cfg_optuna.trial_id is None:
+        return None
+    if not cfg_optuna.storage or not cfg_optuna.study_name:
+        raise CxrError("optuna.trial_id is set but optuna.storage or optuna.study_name is not")
+    return TrialReporter(cfg_optuna)

@@ -1,0 +1,146 @@
+"""The stored Optuna study a sweep asks and tells: storage, sampler, pruner, created or joined.
+
+The sweeper stores what a job needs (the pruner's settings and the metric to report) in the study's
+user attributes, so a job on any machine rebuilds the same pruner from the storage URL alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf
+
+from cxr.errors import CxrError
+from cxr.sweep import space
+
+if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
+    import optuna
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+# user attributes of the study ...
+PRUNER_ATTR = "cxr.pruner"  # the pruner's settings, for each job to rebuild it
+MONITOR_ATTR = "cxr.monitor"  # the metric each trial reports every epoch
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
+# ... and of each trial
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
+
+
+def storage_url(setting: str | None) -> str:
+    """`hydra.sweeper.storage`, or the default SQLite file next to the local MLflow store."""
+    return setting or DEFAULT_STORAGE
+
+
+def safe_url(url: str) -> str:
+    """The storage URL without its password, for logs and tags."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An Optuna storage; SQLite waits for a lock instead of failing when several workers write.
+
+    Workers that start together on a new database race to create its tables; the loser's insert
+    fails, and a moment later the tables are there, so creation is retried a few times.
+    """
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+            if (
+                attempt + 1 == attempts
+                or "UNIQUE constraint" not in str(err)
+                and "already exists" not in str(err)
+            ):
+                raise CxrError(f"Optuna storage {url!r} is not usable: {err}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def build_pruner(settings: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """median, hyperband or none, from the sweeper's `pruner` settings."""
+    import optuna
+
+    name = settings.get("name", "median")
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=settings["n_startup_trials"],
+            n_warmup_steps=settings["n_warmup_steps"],
+            interval_steps=settings["interval_steps"],
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings["min_resource"],
+            max_resource=settings["max_resource"] if settings["max_resource"] is not None else "auto",
+            reduction_factor=settings["reduction_factor"],
+        )
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise CxrError(f"hydra.sweeper.pruner.name={name!r}: choose median, hyperband or none")
+
+
+def build_sampler(settings: Mapping[str, Any], searched: dict) -> optuna.samplers.BaseSampler:
+    """tpe, random or grid, from the sweeper's `sampler` settings; grid needs a finite search space."""
+    import optuna
+
+    name = settings["name"]
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=settings["seed"], n_startup_trials=settings["n_startup_trials"]
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=settings["seed"])
+    if name == "grid":
+        try:
+            return optuna.samplers.GridSampler(space.grid(searched), seed=settings["seed"])
+        except space.SearchSpaceError as err:
+            raise CxrError(str(err)) from None
+    raise CxrError(f"hydra.sweeper.sampler.name={name!r}: choose tpe, random or grid")
+
+
+def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bool]:
+    """The study `settings.study_name` in the storage at `url`, and whether this call created it.
+
+    Creating a study is atomic in the storage, so of several workers starting together exactly one
+    gets True. Either way the study records the pruner's settings and the monitored metric for jobs.
+    """
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    storage = rdb_storage(url)
+    sampler = build_sampler(settings.sampler, searched)
+    pruner = build_pruner(settings.pruner)
+    if settings.direction not in ("maximize", "minimize"):
+        raise CxrError(f"hydra.sweeper.direction={settings.direction!r}: choose maximize or minimize")
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=settings.study_name,
+            sampler=sampler,
+            pruner=pruner,
+            direction=settings.direction,
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=settings.study_name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        created = False
+        if study.direction.name.lower() != settings.direction:
+            raise CxrError(
+                f"study {settings.study_name!r} exists with direction {study.direction.name.lower()}; "
+                "choose another hydra.sweeper.study_name"
+            ) from None
+    study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(settings.pruner))
+    study.set_user_attr(MONITOR_ATTR, settings.monitor)
+    return study, created

@@ -1,0 +1,183 @@
+"""A Hydra sweeper on Optuna 5: each trial is one normal job (a `cxr.train` run), asked from and told
+to a stored study, so a sweep resumes, shares its study with other processes and machines, and
+prunes through the storage. One MLflow parent run per study collects the trials as child runs.
+
+Hydra's plugin scan imports this module (through hydra_plugins) at every command's start-up, so
+optuna and mlflow are imported on use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from cxr.errors import CxrError, exit_on_user_error
+from cxr.sweep import space
+from cxr.sweep.parent_run import ParentRun, summary_table
+from cxr.sweep.study import RUN_ID_ATTR, create_or_join, safe_url, storage_url
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class CxrOptunaSweeper(Sweeper):
+    """The ask / launch / tell loop; `hydra/sweeper=cxr_optuna` with `cxr.sweep.settings` as settings."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__()
+        self.settings = OmegaConf.create(settings)
+        self.launcher = None
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        return exit_on_user_error(self._sweep)(arguments)
+
+    # ------------------------------------------------------------------ the loop
+    def _sweep(self, arguments: list[str]) -> Any:
+        import optuna
+
+        s = self.settings
+        searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        url = storage_url(s.storage)
+        study, created = create_or_join(s, url, searched)
+        parent = ParentRun.open(self.config.tracking, study, created, searched, s, url)
+        grid = space.grid(searched) if s.sampler.name == "grid" else None
+        fixed_args = [f"{k}={v}" for k, v in fixed.items()]
+        print(f"[cxr sweep] study {s.study_name!r} in {safe_url(url)}: {len(study.trials)} trials so far")
+
+        deadline = time.monotonic() + s.timeout if s.timeout else None
+        ran = 0
+        while ran < s.n_trials:
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"[cxr sweep] timeout of {s.timeout} s reached")
+                break
+            if grid is not None and self._grid_done(study, grid):
+                print(f"[cxr sweep] all {math.prod(map(len, grid.values()))} grid points have a trial")
+                break
+            size = min(s.n_jobs, s.n_trials - ran)
+            trials = [study.ask(searched) for _ in range(size)]
+            batch = [
+                [
+                    *fixed_args,
+                    *(f"{k}={space.format_value(t.params[k])}" for k in searched),
+                    *self._job_overrides(url, t, parent.run_id),
+                ]
+                for t in trials
+            ]
+            try:
+                self.validate_batch_is_legal(batch)
+            except Exception as err:
+                for t in trials:
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                raise CxrError(f"a trial's config does not compose: {err}") from None
+            returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            self.job_idx += size
+            for t, ret in zip(trials, returns, strict=True):
+                self._tell(study, t, ret)
+            ran += size
+            parent.log_progress(study)
+        self._finish(study, parent, url)
+        return study
+
+    def _job_overrides(self, url: str, trial: optuna.Trial, parent_run_id: str) -> list[str]:
+        """The job's `optuna` config node: how it reopens its trial from the storage."""
+        return [
+            f"optuna.storage={_quote(url)}",
+            f"optuna.study_name={_quote(self.settings.study_name)}",
+            f"optuna.trial_id={trial._trial_id}",
+            f"optuna.trial_number={trial.number}",
+            f"optuna.parent_run_id={parent_run_id}",
+        ]
+
+    @staticmethod
+    def _grid_done(study: optuna.Study, grid: dict[str, list]) -> bool:
+        """Every grid point has a trial, running or finished (failed too, as Optuna's GridSampler counts)."""
+        from optuna.trial import TrialState
+
+        keys = list(grid)
+        taken = {
+            tuple(t.params.get(k) for k in keys)
+            for t in study.get_trials(deepcopy=False)
+            if t.state != TrialState.WAITING
+        }
+        return all(point in taken for point in itertools.product(*grid.values()))
+
+    @staticmethod
+    def _record(study: optuna.Study, trial: optuna.Trial, *args, **kwargs) -> None:
+        """study.tell; the grid sampler's "grid exhausted" stop() only works inside optimize(), and
+        Optuna has stored the trial's state before it raises."""
+        try:
+            study.tell(trial, *args, **kwargs)
+        except RuntimeError as err:
+            if "Study.stop" not in str(err):
+                raise
+
+    @classmethod
+    def _tell(cls, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> None:
+        """COMPLETE with the job's value if it is a finite number, PRUNED if it raised TrialPruned,
+        FAIL otherwise."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if ret.status == JobStatus.COMPLETED:
+            value = ret._return_value
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                cls._record(study, trial, float(value))
+                return
+            print(f"[cxr sweep] trial {trial.number} returned {value!r}: recorded FAIL", file=sys.stderr)
+            cls._record(study, trial, state=TrialState.FAIL)
+            return
+        error = ret._return_value
+        if isinstance(error, optuna.TrialPruned):
+            print(f"[cxr sweep] trial {trial.number} pruned")
+            cls._record(study, trial, state=TrialState.PRUNED)
+            return
+        print(f"[cxr sweep] trial {trial.number} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        cls._record(study, trial, state=TrialState.FAIL)
+
+    def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
+        from optuna.trial import TrialState
+
+        s = self.settings
+        trials = study.get_trials(deepcopy=False)
+        counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+        summary = ", ".join(f"{n} {state.name.lower()}" for state, n in counts.items() if n)
+        table = summary_table(study, list(s.summary_by), s.direction) if s.summary_by else None
+        if table is not None:
+            print(f"\n[cxr sweep] value by {', '.join(s.summary_by)} (completed trials):")
+            print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        parent.finish(table)
+        print(f"\n[cxr sweep] study {study.study_name!r}: {len(trials)} trials ({summary})")
+        if counts[TrialState.COMPLETE]:
+            best = study.best_trial
+            chosen = " ".join(f"{k}={v}" for k, v in best.params.items())
+            print(f"[cxr sweep] best trial {best.number}: value {best.value:.4f} with {chosen}")
+            print(f"[cxr sweep] best trial's MLflow run: {best.user_attrs.get(RUN_ID_ATTR)}")
+        print(f"[cxr sweep] MLflow parent run: {parent.run_id}; {parent.ui_command()}")
+        print(f"[cxr sweep] the study itself: optuna-dashboard {safe_url(url)}", flush=True)
