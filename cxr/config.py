@@ -287,9 +287,54 @@ class EvaluateConfig:
     tracking: TrackingConfig = MISSING
 
 
+@dataclass
+class EnsembleConfig:
+    """`python -m cxr.ensemble model_name=NAME`: average the top K registered versions."""
+
+    model_name: str = MISSING  # the registered model whose versions are candidates
+    top_k: int = 5
+    weights: str = "mean"  # mean | val_auc (each member's share proportional to its val AUC - 0.5)
+    study: str | None = None  # only versions trained by this Optuna study
+    experiment: str | None = None  # only versions trained in this MLflow experiment
+    tags: dict[str, str] = field(default_factory=dict)  # only versions with these exact tag values
+    ensemble_name: str | None = None  # register the ensemble here; null: as a version of model_name
+    dataset_root: str | None = None  # where the members' dataset is now, if it moved
+    cache_dir: str | None = None
+    evaluation: EvaluationConfig = MISSING
+    tracking: TrackingConfig = MISSING
+
+
+@dataclass
+class PromoteConfig:
+    """`python -m cxr.promote model_name=NAME [version=N]`: move the champion alias, or show candidates."""
+
+    model_name: str = MISSING
+    version: int | None = None  # null: show the champion and the top candidates, change nothing
+    force: bool = False  # promote even if the version does not beat the current champion
+    alias: str = "champion"
+    metric: str = "val_auc_mean"  # the validation metric versions are compared by
+    top: int = 10  # how many candidates the table shows
+    tracking: TrackingConfig = MISSING
+
+
+@dataclass
+class PredictConfig:
+    """`python -m cxr.predict model=models:/NAME@champion images=PATH`: probabilities and findings."""
+
+    model: str = MISSING  # runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>
+    images: Any = MISSING  # a file or folder, or a list of them: images=[a.png,b.png] (PNG and JPEG)
+    heatmaps: bool = False  # a Grad-CAM overlay PNG per image and positive finding
+    output_dir: str = MISSING  # predictions.csv and heatmaps/ go here (default: the Hydra run folder)
+    batch_size: int = 32
+    tracking: TrackingConfig = MISSING
+
+
 SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "config_schema"): Config,
     (None, "evaluate_schema"): EvaluateConfig,
+    (None, "ensemble_schema"): EnsembleConfig,
+    (None, "promote_schema"): PromoteConfig,
+    (None, "predict_schema"): PredictConfig,
     ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
     ("dataset", "schema_nih"): NihDatasetConfig,
     ("model", "schema_small_cnn"): SmallCnnConfig,

@@ -102,7 +102,9 @@ def _ending(err: BaseException) -> tuple[str, str | None]:
 
 
 @contextmanager
-def tracked_run(cfg: DictConfig, overrides: list[str], reporter=None) -> Iterator[str]:
+def tracked_run(
+    cfg: DictConfig, overrides: list[str], reporter=None, run_name: str | None = None
+) -> Iterator[str]:
     """One MLflow run for `cfg`, yielding its id; it owns the run's name, parent, tags, params and
     resolved config, and its final state whatever happens inside:
 
@@ -113,7 +115,7 @@ def tracked_run(cfg: DictConfig, overrides: list[str], reporter=None) -> Iterato
     from cxr.sweep.reporter import STATE_TAG
 
     configure(cfg.tracking)
-    options: dict[str, Any] = {"run_name": cfg.tracking.run_name}
+    options: dict[str, Any] = {"run_name": cfg.tracking.run_name or run_name}
     if reporter is not None:
         options = {
             "run_name": cfg.tracking.run_name or f"{reporter.study_name}-trial-{reporter.number}",

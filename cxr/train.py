@@ -188,13 +188,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
 
 def _print_summary(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> None:
     from cxr import tracking
-    from cxr.reporting import summary_line
+    from cxr.reporting import validation_and_test_line
 
     experiment = cfg.tracking.experiment_name
     print(f"\nMLflow run {run_id} (experiment {experiment!r}, store {cfg.tracking.uri})")
-    level = f"{cfg.evaluation.bootstrap.confidence:.0%}"
-    val, test = summary_line(metrics, "val"), summary_line(metrics, "test")
-    print(f"mean AUC [{level} CI]: validation {val}, test {test}")
+    print(validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence))
     print(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}", flush=True)
 
 

@@ -50,14 +50,14 @@ def predict_splits(
     return out
 
 
-def predict_model_splits(
+def predict_members(
     model, dataset_cfg, splits: Iterable[str], batch_size: int, logged_split=None, split_source: str = ""
-) -> tuple[dict[str, Predictions], PreparedData]:
-    """A cxr model (`cxr.pyfunc.CxrModel`, one member or several) scored on a dataset's splits.
+) -> tuple[list[dict[str, np.ndarray]], PreparedData]:
+    """Each member of a cxr model (`cxr.pyfunc.CxrModel`) scored on a dataset's splits.
 
     Each member reads the dataset's cache at its own input size (built on first use), so an ensemble
-    of members trained at 224 and 320 px sees what each was trained on. Returns the combined
-    predictions and the data at the first member's size.
+    of members trained at 224 and 320 px sees what each was trained on. Returns one {split: scores}
+    per member and the data at the first member's size (rows align across sizes).
     """
     from omegaconf import OmegaConf
 
@@ -69,16 +69,28 @@ def predict_model_splits(
         if first is not None and any(not np.array_equal(first.rows[s], data.rows[s]) for s in splits):
             raise CxrError(f"the {size}px cache has other readable images than the first member's")
         first = first or data
-        per_member.append(predict_splits(member, data, splits, batch_size))
-    combined = {
+        per_member.append({s: p.scores for s, p in predict_splits(member, data, splits, batch_size).items()})
+    return per_member, first
+
+
+def combined(model, member_scores: list[dict[str, np.ndarray]], data: PreparedData) -> dict[str, Predictions]:
+    """The model's predictions per split from its members' scores (their weighted mean)."""
+    return {
         s: Predictions(
-            first.labels[first.rows[s]],
-            model.combine([p[s].scores for p in per_member]),
-            first.patients[first.rows[s]],
+            data.labels[data.rows[s]],
+            model.combine([m[s] for m in member_scores]),
+            data.patients[data.rows[s]],
         )
-        for s in splits
+        for s in member_scores[0]
     }
-    return combined, first
+
+
+def predict_model_splits(
+    model, dataset_cfg, splits: Iterable[str], batch_size: int, logged_split=None, split_source: str = ""
+) -> tuple[dict[str, Predictions], PreparedData]:
+    """A cxr model (one member or several) scored on a dataset's splits: predict_members, combined."""
+    member_scores, data = predict_members(model, dataset_cfg, splits, batch_size, logged_split, split_source)
+    return combined(model, member_scores, data), data
 
 
 def _batches(items: Sequence, size: int):
@@ -102,7 +114,7 @@ def predict_files(model, paths: Sequence[str], batch_size: int = 32) -> FilePred
                 images.append(read_grey(path))
                 readable.append(str(path))
             except IMAGE_ERRORS as err:
-                failures[str(path)] = f"{type(err).__name__}: {err}"
+                failures[str(path)] = f"{path}: not a readable image ({type(err).__name__}: {err})"
         if images:
             scores.append(model.probabilities(images, batch_size))
     width = len(model.pathologies)

@@ -1,0 +1,107 @@
+"""`python -m cxr.predict model=models:/NAME@champion images=PATH`: what a model sees in image files.
+
+PATH is a file, a folder (its PNG and JPEG files) or a list `images=[a.png,b.jpg]`. Per image it
+prints the probability of every finding and the findings at or above the model's validation-chosen
+thresholds; for a folder it also writes `predictions.csv`; with `heatmaps=true` it writes one
+Grad-CAM overlay PNG per image and positive finding, at the image's own resolution. A file that is
+not an image is named in one `cxr: error:` line and the others go on; the exit code is 2 if any failed.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig
+
+from cxr.config import register_configs
+from cxr.errors import EXIT_USER_ERROR, CxrError, exit_on_user_error
+
+register_configs()
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def collect(images) -> tuple[list[str], dict[str, str], bool]:
+    """(files to read, {path: why not}, whether a folder was given)."""
+    entries = [images] if isinstance(images, str) else list(images)
+    if not entries:
+        raise CxrError("images= is empty: give a file, a folder or a list [a.png,b.png]")
+    files, missing, folder = [], {}, False
+    for entry in map(str, entries):
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            folder = True
+            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                missing[entry] = f"{entry}: no PNG or JPEG files in this folder"
+            files += found
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            missing[entry] = f"{entry}: no such file or folder"
+    return files, missing, folder
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def write_heatmaps(model, path: str, positives: list[str], folder: Path) -> list[Path]:
+    """One Grad-CAM overlay per positive finding, averaged over the members, at the file's size."""
+    from cxr.data.images import read_grey
+    from cxr.gradcam import ensemble_gradcam, overlay_png
+
+    image = read_grey(path)
+    out = []
+    for finding in positives:
+        heatmap = ensemble_gradcam(model.members, image, model.pathologies.index(finding))
+        target = folder / f"{_safe(Path(path).stem)}_{_safe(finding)}.png"
+        out.append(overlay_png(image, heatmap, target, title=finding))
+    return out
+
+
+def run(cfg: DictConfig) -> int:
+    """Predict, print, write; returns how many inputs failed."""
+    import mlflow
+
+    from cxr import pyfunc
+    from cxr.predict import predict_files
+
+    files, failures, folder = collect(cfg.images)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = pyfunc.load(cfg.model)
+    result = predict_files(model, files, cfg.batch_size)
+    failures.update(result.failures)
+    output = Path(cfg.output_dir)
+    findings = model.findings(result.scores)
+    for path, scores, positives in zip(result.paths, result.scores, findings, strict=True):
+        shown = ", ".join(positives) if positives else "none at or above their thresholds"
+        print(f"{path}\n  findings: {shown}")
+        print("  " + "  ".join(f"{p} {s:.3f}" for p, s in zip(model.pathologies, scores, strict=True)))
+        if cfg.heatmaps and positives:
+            for written in write_heatmaps(model, path, positives, output / "heatmaps"):
+                print(f"  heatmap: {written}")
+    if folder and result.paths:
+        output.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(result.scores, columns=list(model.pathologies), index=result.paths)
+        table.insert(0, "findings", ["|".join(f) for f in findings])
+        table.rename_axis("image").to_csv(output / "predictions.csv", float_format="%.6f")
+        print(f"\n{len(result.paths)} image(s) predicted; table: {output / 'predictions.csv'}")
+    for reason in failures.values():
+        print(f"cxr: error: {reason}", file=sys.stderr)
+    return len(failures)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    if run(cfg):
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
