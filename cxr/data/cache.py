@@ -45,6 +45,23 @@ class PreparedImages:
         return f"{len(reasons)} image(s) could not be read:\n  " + "\n  ".join(shown) + more
 
 
+def _resize(img: Image.Image, size: int) -> Image.Image:
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return img
+
+
+def resize_grey(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) uint8 grey -> size x size uint8, resampled exactly as the cache does it.
+
+    Anything that feeds a model images the cache did not prepare (Grad-CAM over an ensemble whose
+    members run at different sizes) goes through this, so the model sees the pixels it trained on.
+    """
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(f"resize_grey expects a 2-D uint8 image, got {pixels.dtype} {pixels.shape}")
+    return np.asarray(_resize(Image.fromarray(pixels), size), dtype=np.uint8)
+
+
 def load_resized(path: str, size: int) -> np.ndarray:
     """8/16-bit grey, RGB or RGBA file -> size x size uint8 grey."""
     with Image.open(path) as img:
@@ -54,9 +71,7 @@ def load_resized(path: str, size: int) -> np.ndarray:
             img = Image.fromarray((arr * (255.0 / scale)).clip(0, 255).astype(np.uint8), mode="L")
         elif img.mode != "L":
             img = img.convert("L")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(img, dtype=np.uint8)
+        return np.asarray(_resize(img, size), dtype=np.uint8)
 
 
 def read_image(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
