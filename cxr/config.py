@@ -321,7 +321,9 @@ class PromoteConfig:
 class PredictConfig:
     """`python -m cxr.predict model=models:/NAME@champion images=PATH`: probabilities and findings."""
 
-    model: str = MISSING  # runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>
+    # runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>; on the command line also
+    # `model=...` (Hydra reserves the key `model` for the model config group, so the command renames it)
+    model_uri: str = MISSING
     images: Any = MISSING  # a file or folder, or a list of them: images=[a.png,b.png] (PNG and JPEG)
     heatmaps: bool = False  # a Grad-CAM overlay PNG per image and positive finding
     output_dir: str = MISSING  # predictions.csv and heatmaps/ go here (default: the Hydra run folder)

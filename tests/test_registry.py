@@ -7,6 +7,8 @@ logged as cxr pyfuncs, registered with chosen validation AUCs, at two image size
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -30,7 +32,9 @@ PLANTED = {
 }
 
 
-def plant_version(cfg, source_run, val_auc: float, test_auc: float, size: int, seed: int) -> str:
+def plant_version(
+    cfg, source_run, val_auc: float, test_auc: float, size: int, seed: int, thresholds: dict | None = None
+) -> str:
     """A real small model in its own run, with the trained run's dataset config and split."""
     import keras
     from omegaconf import OmegaConf
@@ -41,7 +45,8 @@ def plant_version(cfg, source_run, val_auc: float, test_auc: float, size: int, s
     client = MlflowClient(cfg.tracking.uri)
     keras.utils.set_random_seed(seed)
     model = build_model(OmegaConf.structured(SmallCnnConfig(filters=[4], dense_units=8)), size, 14)
-    spec = pyfunc.ModelSpec(list(NIH_PATHOLOGIES), dict.fromkeys(NIH_PATHOLOGIES, 0.5), [size], [1.0])
+    thresholds = thresholds or dict.fromkeys(NIH_PATHOLOGIES, 0.5)
+    spec = pyfunc.ModelSpec(list(NIH_PATHOLOGIES), thresholds, [size], [1.0])
     mlflow.set_tracking_uri(cfg.tracking.uri)
     mlflow.set_experiment(cfg.tracking.experiment_name)
     with mlflow.start_run() as run:
@@ -180,3 +185,125 @@ def test_promotion_refuses_a_worse_version_moves_for_a_better_and_force_override
     shown = cli(cfg, "cxr.promote", f"model_name={NAME}")
     assert shown.returncode == 0 and f"{NAME}@champion: version {worse}" in shown.stdout
     assert "rank" in shown.stdout and "ensemble" in shown.stdout
+
+
+def sample_folder(shared_data, folder):
+    """Two real NIH images (1024 px grey, 128 px RGB) and a text file with an image's name."""
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(shared_data / "nih-samples" / "full_1024px" / "00000001_000.png", folder / "a_1024.png")
+    shutil.copy(shared_data / "nih-samples" / "kcr_128px" / "00000002_000.png", folder / "b_128.png")
+    (folder / "c_notes.png").write_text("a text file, not an image")
+    return folder
+
+
+def test_predict_prints_findings_writes_a_table_and_heatmaps_and_names_the_bad_file(
+    registry, shared_data, tmp_path
+):
+    import pandas as pd
+    from PIL import Image
+
+    cfg, client = registry
+    source = client.get_model_version(NAME, "1").run_id
+    always = {p: None for p in NIH_PATHOLOGIES} | {"Cardiomegaly": 0.0, "Effusion": 0.0}
+    version = plant_version(cfg, source, 0.5, 0.5, 48, seed=9, thresholds=always)
+    folder = sample_folder(shared_data, tmp_path / "images")
+    out = run_cli(
+        "cxr.predict",
+        f"tracking.uri={cfg.tracking.uri}",
+        f"model=models:/{NAME}/{version}",
+        f"images={folder}",
+        "heatmaps=true",
+        f"output_dir={tmp_path}/out",
+        f"hydra.run.dir={tmp_path}/hydra",
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("cxr: error:")]
+    assert line.startswith(f"cxr: error: {folder / 'c_notes.png'}: not a readable image")
+    assert "Traceback" not in out.stderr
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", index_col="image")
+    assert [Path(p).name for p in table.index] == ["a_1024.png", "b_128.png"]
+    assert list(table["findings"]) == ["Cardiomegaly|Effusion"] * 2
+    values = table[list(NIH_PATHOLOGIES)].to_numpy()
+    assert np.all((values >= 0) & (values <= 1))
+    assert "findings: Cardiomegaly, Effusion" in out.stdout
+    for name, side in (("a_1024", 1024), ("b_128", 128)):
+        for finding in ("Cardiomegaly", "Effusion"):
+            with Image.open(tmp_path / "out" / "heatmaps" / f"{name}_{finding}.png") as heat:
+                assert heat.size == (side, side)  # at the input's resolution
+
+
+def test_the_served_champion_answers_like_cxr_predict(registry, ensemble, shared_data, tmp_path):
+    import base64
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from cxr.predict import predict_files
+
+    cfg, client = registry
+    _, version = ensemble
+    client.set_registered_model_alias(NAME, "serving", version)
+    folder = sample_folder(shared_data, tmp_path / "images")
+    paths = [folder / "a_1024.png", folder / "b_128.png"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir, path = Path(sys.executable).parent, os.environ.get("PATH", "")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@serving",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        # the server execs uvicorn by name: find it beside this interpreter, activated or not
+        env={**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri, "PATH": f"{bin_dir}{os.pathsep}{path}"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the model server did not answer /ping within 180 s"
+            time.sleep(1)
+        rows = [[base64.b64encode(p.read_bytes()).decode()] for p in paths]
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            answer = json.loads(reply.read())["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = pyfunc.load(f"models:/{NAME}@serving")
+    expected = predict_files(model, [str(p) for p in paths])
+    served = np.array([[row[p] for p in NIH_PATHOLOGIES] for row in answer])
+    assert served.shape == (2, 14)
+    np.testing.assert_allclose(served, expected.scores, rtol=1e-5, atol=1e-6)
+    assert [row["findings"] for row in answer] == model.findings(expected.scores)

@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> int:
 
     files, failures, folder = collect(cfg.images)
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    model = pyfunc.load(cfg.model)
+    model = pyfunc.load(cfg.model_uri)
     result = predict_files(model, files, cfg.batch_size)
     failures.update(result.failures)
     output = Path(cfg.output_dir)
@@ -103,5 +103,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
+def model_alias(argv: list[str]) -> list[str]:
+    """`model=URI` as users write it, read as `model_uri=URI`: `model` is the model config group's name
+    (cxr.train's `model=densenet121`), so Hydra would take `model=URI` for a group option."""
+    return [f"model_uri={a[len('model='):]}" if a.startswith("model=") else a for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = model_alias(sys.argv[1:])
     sys.exit(main())
