@@ -35,8 +35,8 @@ class DatasetConfig:
     split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # random: train/val/test
     split_seed: int = 0
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
-    allow_missing_images: bool = False  # true: go on with the images present after listing the missing
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    allow_missing_images: bool = False  # true: train on the images present, after listing the missing ones
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-time only
 
 
 @dataclass
@@ -166,10 +166,12 @@ class BootstrapConfig:
 
 @dataclass
 class EvaluationConfig:
-    threshold: float = 0.5  # decision threshold of the per-epoch Keras metrics
+    # decision threshold of the per-epoch recall, precision, specificity, NPV, F1 and Hamming loss
+    threshold: float = 0.5
     threshold_method: str = "youden"  # youden or f1: per-disease operating thresholds, chosen on validation
+    # 95% confidence intervals, resampling patients (not images)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    plots: bool = True
+    plots: bool = True  # ROC, precision-recall, confusion matrices and training history as artifacts
     batch_size: int = 64  # prediction batch size
 
 
