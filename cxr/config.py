@@ -1,4 +1,4 @@
-"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+"""Typed schemas for every config group, registered with Hydra's ConfigStore, and where conf/ is.
 
 Each YAML option under conf/ names its schema in its defaults list, so a misspelt key or a value
 of the wrong type fails while Hydra composes the config, before anything heavy is imported.
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 
 # ---------------------------------------------------------------- dataset
@@ -309,17 +309,21 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
 }
 
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+def _conf_dir() -> Path:
+    """conf/ (with its `sweep` group) ships inside the wheel as cxr/conf; a source tree has it at the top."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
+"""The primary config folder of every command (`@hydra.main(config_path=str(CONF_DIR))`), so configs are
+found from any working directory, installed or editable. sweeps/ is its `sweep` group (conf/sweep links to
+it; the wheel copies it there)."""
 
 
 def register_configs() -> None:
-    """Idempotent: Hydra apps and tests both call it before composing.
-
-    Also makes each search space in sweeps/ the `sweep` group option of its name (`+sweep=core`),
-    so they live at the top of the repository and not inside conf/.
-    """
+    """Idempotent: Hydra apps and tests both call it before composing."""
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=group, name=name, node=node)
-    for path in sorted(SWEEPS.glob("*.yaml")):
-        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")

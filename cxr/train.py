@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.data.datasets import load_table
 from cxr.data.prepare import PreparedImages, prepare
 from cxr.data.splits import SPLIT_NAMES
@@ -185,7 +185,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     return results["val_auc_mean"]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     overrides = list(HydraConfig.get().overrides.task)
     if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -146,3 +150,30 @@ def test_evaluate_config_composes_with_the_shared_groups(tmp_path):
     assert "threshold_method: f1" in out.stdout and "run_id: abc" in out.stdout
     bad = run_cli("cxr.evaluate", "evaluation.bootstrap.resampels=10", "--cfg", "job")
     assert bad.returncode != 0 and "resampels" in bad.stderr
+
+
+def test_sweeps_are_a_config_group_on_the_search_path_not_in_the_config_store(compose_cfg):
+    from hydra.core.config_store import ConfigStore
+
+    from cxr.config import CONF_DIR
+
+    assert CONF_DIR == CONF  # in a checkout, the commands read this tree's conf/, wherever they run from
+    assert (CONF / "sweep").resolve() == (CONF.parent / "sweeps").resolve()
+    assert "sweep" not in ConfigStore.instance().repo
+    cfg = compose_cfg(["+sweep=core"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices["sweep"] == "core" and cfg.hydra.sweeper.study_name == "core"
+    assert cfg.hydra.runtime.choices["hydra/sweeper"] == "cxr_optuna"
+
+
+def test_cli_finds_its_configs_from_another_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(CONF.parent)}
+    out = subprocess.run(
+        [sys.executable, "-m", "cxr.train", "experiment=reference_2025", "+sweep=core", "--cfg", "job"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = OmegaConf.create(out.stdout)
+    assert (cfg.model.name, cfg.trainer.batch_size) == ("densenet121_cbam", 16)

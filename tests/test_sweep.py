@@ -230,9 +230,9 @@ def test_hydra_sweep_syntax_becomes_optuna_distributions():
 
 
 def test_shipped_sweeps_compose_as_sweep_options(compose_cfg):
-    from hydra.core.config_store import ConfigStore
+    from cxr.config import CONF_DIR
 
-    assert {"core.yaml", "loss_screen.yaml"} <= set(ConfigStore.instance().list("sweep"))
+    assert {"core.yaml", "loss_screen.yaml"} <= {p.name for p in (CONF_DIR / "sweep").glob("*.yaml")}
     cfg = compose_cfg(["+sweep=loss_screen", "experiment=demo"])
     assert cfg.model.name == "small_cnn"
 
