@@ -72,6 +72,13 @@ class ModelConfig:
     name: str = MISSING
 
 
+# An option whose builder lives in the user's own code (model or loss group): `_target_` is the dotted
+# path of a builder with the registered builders' signature; the option's other keys are its parameters,
+# any the builder reads. Not a dataclass: its keys are the user's, and Hydra closes them after composition,
+# so a misspelt key on the command line still fails.
+CUSTOM_SCHEMA = {"name": MISSING, "_target_": MISSING}
+
+
 @dataclass
 class SmallCnnConfig(ModelConfig):
     name: str = "small_cnn"
@@ -262,8 +269,8 @@ class TrialConfig:
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
-    model: ModelConfig = MISSING
-    loss: LossConfig = MISSING
+    model: Any = MISSING  # a ModelConfig, or an option from your own code (CUSTOM_SCHEMA)
+    loss: Any = MISSING  # a LossConfig, or an option from your own code (CUSTOM_SCHEMA)
     callbacks: CallbacksConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
@@ -327,3 +334,5 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=group, name=name, node=node)
+    for group in ("model", "loss"):
+        cs.store(group=group, name="schema_custom", node=CUSTOM_SCHEMA)
