@@ -5,10 +5,15 @@ package data of `cxr`, so an installed cxr finds its configs from any working di
 (`cxr.config.CONF_DIR`). conf/sweep is a link to ../sweeps, which the build follows.
 """
 
+from pathlib import Path
+
 from setuptools import find_namespace_packages, setup
 
+# cxr.conf and one data-only package per config group folder (setuptools wants every folder named)
+CONF = ["cxr.conf", *(f"cxr.conf.{group.name}" for group in sorted(Path("conf").iterdir()) if group.is_dir())]
+
 setup(
-    packages=[*find_namespace_packages(include=["cxr*", "hydra_plugins*"]), "cxr.conf"],
+    packages=[*find_namespace_packages(include=["cxr*", "hydra_plugins*"]), *CONF],
     package_dir={"cxr.conf": "conf"},
-    package_data={"cxr.conf": ["*.yaml", "*/*.yaml"]},
+    package_data={package: ["*.yaml"] for package in CONF},
 )
