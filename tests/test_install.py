@@ -3,8 +3,9 @@
 Installing TensorFlow and the rest into a fresh environment takes minutes and needs the network, so the
 fresh virtual environment sees this interpreter's installed packages through a .pth file: its paths only,
 none of their .pth files, so this interpreter's own cxr (an editable install of some checkout) stays out.
-cxr itself is installed into it from a copy of this source tree, and each test checks that the cxr the
-commands import is that copy's.
+cxr itself is installed into it from a copy of this source tree, offline and without build isolation
+(so this interpreter needs setuptools, and wheel before setuptools 70.1: TensorFlow's dependencies bring
+both), and each test checks that the cxr the commands import is that copy's.
 """
 
 from __future__ import annotations
