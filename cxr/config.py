@@ -1,4 +1,4 @@
-"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+"""Typed schemas for every config group, registered with Hydra's ConfigStore, and where conf/ is.
 
 Each YAML option under conf/ names its schema in its defaults list, so a misspelt key or a value
 of the wrong type fails while Hydra composes the config, before anything heavy is imported.
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 
 # ---------------------------------------------------------------- dataset
@@ -35,8 +35,8 @@ class DatasetConfig:
     split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # random: train/val/test
     split_seed: int = 0
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
-    allow_missing_images: bool = False  # true: go on with the images present after listing the missing
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    allow_missing_images: bool = False  # true: train on the images present, after listing the missing ones
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-time only
 
 
 @dataclass
@@ -70,6 +70,13 @@ class NihDatasetConfig(DatasetConfig):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+
+
+# An option whose builder lives in the user's own code (model or loss group): `_target_` is the dotted
+# path of a builder with the registered builders' signature; the option's other keys are its parameters,
+# any the builder reads. Not a dataclass: its keys are the user's, and Hydra closes them after composition,
+# so a misspelt key on the command line still fails.
+CUSTOM_SCHEMA = {"name": MISSING, "_target_": MISSING}
 
 
 @dataclass
@@ -166,10 +173,12 @@ class BootstrapConfig:
 
 @dataclass
 class EvaluationConfig:
-    threshold: float = 0.5  # decision threshold of the per-epoch Keras metrics
+    # decision threshold of the per-epoch recall, precision, specificity, NPV, F1 and Hamming loss
+    threshold: float = 0.5
     threshold_method: str = "youden"  # youden or f1: per-disease operating thresholds, chosen on validation
+    # 95% confidence intervals, resampling patients (not images)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    plots: bool = True
+    plots: bool = True  # ROC, precision-recall, confusion matrices and training history as artifacts
     batch_size: int = 64  # prediction batch size
 
 
@@ -260,8 +269,8 @@ class OptunaJobConfig:
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
-    model: ModelConfig = MISSING
-    loss: LossConfig = MISSING
+    model: Any = MISSING  # a ModelConfig, or an option from your own code (CUSTOM_SCHEMA)
+    loss: Any = MISSING  # a LossConfig, or an option from your own code (CUSTOM_SCHEMA)
     callbacks: CallbacksConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
@@ -355,17 +364,23 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
 }
 
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+def _conf_dir() -> Path:
+    """conf/ (with its `sweep` group) ships inside the wheel as cxr/conf; a source tree has it at the top."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
+"""The primary config folder of every command (`@hydra.main(config_path=str(CONF_DIR))`), so configs are
+found from any working directory, installed or editable. sweeps/ is its `sweep` group (conf/sweep links to
+it; the wheel copies it there)."""
 
 
 def register_configs() -> None:
-    """Idempotent: Hydra apps and tests both call it before composing.
-
-    Also makes each search space in sweeps/ the `sweep` group option of its name (`+sweep=core`),
-    so they live at the top of the repository and not inside conf/.
-    """
+    """Idempotent: Hydra apps and tests both call it before composing."""
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=group, name=name, node=node)
-    for path in sorted(SWEEPS.glob("*.yaml")):
-        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    for group in ("model", "loss"):
+        cs.store(group=group, name="schema_custom", node=CUSTOM_SCHEMA)

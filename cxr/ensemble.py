@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -169,7 +169,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="ensemble")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     build(cfg)

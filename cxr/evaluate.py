@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)

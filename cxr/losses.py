@@ -256,7 +256,7 @@ def _asl(cfg, train_labels) -> keras.losses.Loss:
 
 
 def build_loss(cfg, train_labels: np.ndarray | None = None) -> keras.losses.Loss:
-    return LOSSES.get(cfg.name)(cfg, train_labels)
+    return LOSSES.for_option(cfg)(cfg, train_labels)
 
 
 def loss_callbacks(loss: keras.losses.Loss) -> list[keras.callbacks.Callback]:

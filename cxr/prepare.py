@@ -12,7 +12,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.errors import exit_on_user_error
 
 register_configs()
@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> int:
     return len(cache.failures)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     run(cfg)

@@ -15,7 +15,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -110,7 +110,7 @@ def run(cfg: DictConfig) -> None:
     print(f"Serve it: MLFLOW_TRACKING_URI={cfg.tracking.uri} {serve}", flush=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="promote")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="promote")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     run(cfg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ class ModelSpec:
     weights: list[float]  # each member's share of the average (they sum to 1)
     kind: str = "single"  # single | ensemble
     members: list[dict] = field(default_factory=list)  # provenance: version, run id, val AUC ...
+    imports: list[str] = field(default_factory=list)  # user modules that register custom layers
 
 
 class CxrModel(mlflow.pyfunc.PythonModel):
@@ -65,6 +67,8 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         import cxr.models  # noqa: F401
 
         self.spec = ModelSpec(**json.loads(Path(context.artifacts["spec"]).read_text()))
+        for module in self.spec.imports:  # a model built by the user's own code (a `_target_` option)
+            importlib.import_module(module)
         self.members = [
             keras.saving.load_model(context.artifacts[f"member_{i}"], compile=False)
             for i in range(len(self.spec.image_sizes))

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -126,6 +126,9 @@ def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=No
         image_sizes=[data.image_size],
         weights=[1.0],
         members=[{"run_id": run_id}],
+        imports=sorted(
+            {node._target_.rsplit(".", 1)[0] for node in (cfg.model, cfg.loss) if "_target_" in node}
+        ),
     )
     name = cfg.tracking.registered_model_name
     info = pyfunc.log_model([model], spec, registered_model_name=name)
@@ -196,7 +199,7 @@ def _print_summary(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> N
     print(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}", flush=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     overrides = list(HydraConfig.get().overrides.task)
     if HydraConfig.get().mode == RunMode.MULTIRUN:

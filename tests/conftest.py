@@ -47,14 +47,16 @@ def hydra_compose():
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            yield lambda overrides=(): compose("config", overrides=list(overrides))
+            yield lambda overrides=(), **kw: compose("config", overrides=list(overrides), **kw)
     finally:
         GlobalHydra.instance().clear()
 
 
 @pytest.fixture
 def compose_cfg():
-    """compose_cfg(overrides) -> the DictConfig `python -m cxr.train <overrides>` would get."""
+    """compose_cfg(overrides) -> the DictConfig `python -m cxr.train <overrides>` would get.
+
+    compose_cfg(overrides, return_hydra_config=True) also keeps the `hydra` node (sweeper settings)."""
     with hydra_compose() as compose_fn:
         yield compose_fn
 

@@ -2,35 +2,92 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from cxr.config import SCHEMAS
 from tests.conftest import CONF, run_cli
 
 GROUPS = ["dataset", "model", "loss", "callbacks", "trainer", "tracking", "evaluation"]
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# output_dir comes from Hydra's runtime, which the compose API does not set
+RESOLVABLE = ["dataset.root=/data/ChestX-ray14", "output_dir=/tmp/out"]
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def leaves(node, prefix: str = "") -> dict:
+    """{dotted key: value} of a raw YAML mapping (interpolations unresolved), without its defaults list."""
+    out = {}
+    items = OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+    for key, value in items.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def raw_option(group: str, option: str):
+    return OmegaConf.load(CONF / group / f"{option}.yaml")
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_group_option_composes(compose_cfg, group, option):
-    overrides = [f"{group}={option}"]
-    if (group, option) == ("dataset", "nih"):
-        overrides.append("dataset.root=/data/ChestX-ray14")
-    cfg = compose_cfg(overrides)
-    node = cfg[group]
-    if "name" in node:
-        assert node.name == option
-    OmegaConf.to_container(cfg.dataset, resolve=True, throw_on_missing=True)
+def test_every_group_option_composes_with_its_schema(compose_cfg, group, option):
+    cfg = compose_cfg([f"{group}={option}", *RESOLVABLE])
+    assert OmegaConf.get_type(cfg, group) is SCHEMAS[(group, raw_option(group, option).defaults[0])]
+    if "name" in cfg[group]:
+        assert cfg[group].name == option
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
-def test_every_experiment_composes(compose_cfg, experiment):
-    cfg = compose_cfg([f"experiment={experiment}"])
-    assert cfg.trainer.epochs > 0
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_group_options_state_only_what_differs_from_their_schema(group, option):
+    raw = raw_option(group, option)
+    assert raw.defaults[-1] == "_self_"
+    schema = OmegaConf.structured(SCHEMAS[(group, raw.defaults[0])])
+    repeated = {
+        key: value
+        for key, value in leaves(raw).items()
+        if key != "name" and OmegaConf.select(schema, key, throw_on_missing=False) == value
+    }
+    assert not repeated, f"conf/{group}/{option}.yaml repeats its schema's defaults: {repeated}"
+
+
+def experiment_base(experiment: str) -> list[str]:
+    """The group choices an experiment makes (`override /model: x` -> model=x), without its values."""
+    defaults = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").get("defaults", [])
+    return [f"{k.split()[-1].strip('/')}={v}" for entry in defaults for k, v in entry.items()]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_sets_what_it_states(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}", *RESOLVABLE])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    stated = leaves(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    assert stated
+    for key, value in stated.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    for override in experiment_base(experiment):
+        group, option = override.split("=")
+        assert cfg[group].name == option
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_state_only_what_differs_from_the_options_they_compose(compose_cfg, experiment):
+    base = compose_cfg([*experiment_base(experiment), *RESOLVABLE])
+    stated = leaves(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    repeated = {key: value for key, value in stated.items() if OmegaConf.select(base, key) == value}
+    assert not repeated, f"conf/experiment/{experiment}.yaml repeats defaults: {repeated}"
 
 
 def test_loss_override_selects_its_schema(compose_cfg):
@@ -93,3 +150,30 @@ def test_evaluate_config_composes_with_the_shared_groups(tmp_path):
     assert "threshold_method: f1" in out.stdout and "run_id: abc" in out.stdout
     bad = run_cli("cxr.evaluate", "evaluation.bootstrap.resampels=10", "--cfg", "job")
     assert bad.returncode != 0 and "resampels" in bad.stderr
+
+
+def test_sweeps_are_a_config_group_on_the_search_path_not_in_the_config_store(compose_cfg):
+    from hydra.core.config_store import ConfigStore
+
+    from cxr.config import CONF_DIR
+
+    assert CONF_DIR == CONF  # in a checkout, the commands read this tree's conf/, wherever they run from
+    assert (CONF / "sweep").resolve() == (CONF.parent / "sweeps").resolve()
+    assert "sweep" not in ConfigStore.instance().repo
+    cfg = compose_cfg(["+sweep=core"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices["sweep"] == "core" and cfg.hydra.sweeper.study_name == "core"
+    assert cfg.hydra.runtime.choices["hydra/sweeper"] == "cxr_optuna"
+
+
+def test_cli_finds_its_configs_from_another_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(CONF.parent)}
+    out = subprocess.run(
+        [sys.executable, "-m", "cxr.train", "experiment=reference_2025", "+sweep=core", "--cfg", "job"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = OmegaConf.create(out.stdout)
+    assert (cfg.model.name, cfg.trainer.batch_size) == ("densenet121_cbam", 16)

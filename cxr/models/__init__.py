@@ -1,4 +1,5 @@
-"""Model registry: `model.name` picks a builder that maps the preprocessed image tensor to 14 outputs.
+"""Model registry: `model.name` (or `model._target_`, a builder in your own code) picks a builder that
+maps the preprocessed image tensor to 14 outputs: `builder(cfg, x, num_classes) -> outputs`.
 
 Every model takes raw grey images, (N, size, size, 1) uint8, and starts with GreyToImageNet.
 """
@@ -15,7 +16,7 @@ from cxr.models.registry import MODELS
 
 def build_model(cfg, image_size: int, num_classes: int) -> keras.Model:
     inputs = keras.Input(shape=(image_size, image_size, 1), dtype="uint8", name="image")
-    outputs = MODELS.get(cfg.name)(cfg, GreyToImageNet(name="preprocess")(inputs), num_classes)
+    outputs = MODELS.for_option(cfg)(cfg, GreyToImageNet(name="preprocess")(inputs), num_classes)
     return keras.Model(inputs, outputs, name=cfg.name)
 
 

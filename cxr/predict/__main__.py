@@ -17,7 +17,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from cxr.config import register_configs
+from cxr.config import CONF_DIR, register_configs
 from cxr.errors import EXIT_USER_ERROR, CxrError, exit_on_user_error
 
 register_configs()
@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> int:
     return len(failures)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     if run(cfg):
@@ -106,7 +106,7 @@ def main(cfg: DictConfig) -> None:
 def model_alias(argv: list[str]) -> list[str]:
     """`model=URI` as users write it, read as `model_uri=URI`: `model` is the model config group's name
     (cxr.train's `model=densenet121`), so Hydra would take `model=URI` for a group option."""
-    return [f"model_uri={a[len('model='):]}" if a.startswith("model=") else a for a in argv]
+    return [f"model_uri={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
 
 
 if __name__ == "__main__":

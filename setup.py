@@ -1,0 +1,19 @@
+"""Packaging beyond what pyproject.toml can say: conf/ (with its `sweep` group, sweeps/) ships as cxr/conf.
+
+conf/ and sweeps/ stay at the top of the repository, where users edit them; in the wheel they become
+package data of `cxr`, so an installed cxr finds its configs from any working directory
+(`cxr.config.CONF_DIR`). conf/sweep is a link to ../sweeps, which the build follows.
+"""
+
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
+
+# cxr.conf and one data-only package per config group folder (setuptools wants every folder named)
+CONF = ["cxr.conf", *(f"cxr.conf.{group.name}" for group in sorted(Path("conf").iterdir()) if group.is_dir())]
+
+setup(
+    packages=[*find_namespace_packages(include=["cxr*", "hydra_plugins*"]), *CONF],
+    package_dir={"cxr.conf": "conf"},
+    package_data={package: ["*.yaml"] for package in CONF},
+)
