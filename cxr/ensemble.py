@@ -87,6 +87,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
     from cxr import model_registry, pyfunc, tracking
+    from cxr.data.prepared import relocated
     from cxr.data.splits import split_digest, write_split_csv
     from cxr.predict import Predictions, combined, predict_members
     from cxr.reporting import evaluate_predictions, log_evaluation, validation_and_test_line
@@ -97,11 +98,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
     weights = member_weights([c.score for c in candidates], cfg.weights)
     loaded = [pyfunc.load(c.uri) for c in candidates]
     run_cfg, logged_split = tracking.logged_run_inputs(candidates[0].run_id)
-    dataset = run_cfg.dataset
-    if cfg.dataset_root:
-        dataset.root = cfg.dataset_root
-    if cfg.cache_dir:
-        dataset.cache_dir = cfg.cache_dir
+    dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     spec = pyfunc.ModelSpec(
         pathologies=list(loaded[0].pathologies),
         thresholds={},  # chosen below, on validation, for the ensemble itself

@@ -57,17 +57,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
     from cxr import pyfunc, tracking
+    from cxr.data.prepared import relocated
     from cxr.predict import predict_model_splits
     from cxr.reporting import evaluate_predictions, log_evaluation, summary_line
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run_id, model_uri = resolve_model(MlflowClient(cfg.tracking.uri), cfg.run_id, cfg.model_uri)
     run_cfg, logged_split = tracking.logged_run_inputs(run_id)
-    dataset = run_cfg.dataset
-    if cfg.dataset_root:
-        dataset.root = cfg.dataset_root
-    if cfg.cache_dir:
-        dataset.cache_dir = cfg.cache_dir
+    dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     model = pyfunc.load(model_uri)
     splits = ["val", cfg.split]
     predictions, data = predict_model_splits(

@@ -44,6 +44,15 @@ def sweep_args(tmp, data, study: str, *extra: str) -> list[str]:
     ]
 
 
+REGISTER = ["tracking.log_model=true", "tracking.registered_model_name=swept"]
+
+
+def registered_runs(tmp) -> list[str]:
+    """The runs behind the versions of the `swept` model (none when nothing was registered)."""
+    client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
+    return [v.run_id for v in client.search_model_versions("name = 'swept'")]
+
+
 def load(tmp, study: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp}/optuna.db")
 
@@ -112,6 +121,7 @@ def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_
         "hydra.sweeper.n_trials=1",
         "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.sweeper.pruner.n_warmup_steps=0",
+        *REGISTER,
     )
     out = run_cli("cxr.train", *args)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -122,6 +132,7 @@ def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_
     assert child.data.metrics["epochs_trained"] == 1 and "test_auc_mean" not in child.data.metrics
     assert child.data.metrics["pruned_at_epoch"] == 0
     assert "trial 1 pruned" in out.stdout
+    assert registered_runs(tmp_path) == []  # a pruned trial never becomes a model version
 
 
 @pytest.mark.slow
@@ -136,6 +147,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
         "trainer.optimizer.learning_rate=choice(0.001,1e30)",  # at 1e30 the loss becomes NaN
         "hydra.sweeper.n_trials=6",
         "hydra.sweeper.summary_by=[trainer.optimizer.name]",
+        *REGISTER,
     )
     out = run_cli("cxr.train", *args)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -159,6 +171,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
     assert len(by_state["COMPLETE"]) == 1 and by_state["COMPLETE"][0].info.status == "FINISHED"
     assert len(by_state["FAIL"]) == 3 and all(c.info.status == "FAILED" for c in by_state["FAIL"])
     assert sum("loss became nan" in c.data.tags["cxr.error"] for c in by_state["FAIL"]) == 1
+    assert registered_runs(tmp_path) == [by_state["COMPLETE"][0].info.run_id]  # failed trials: no version
     # the summary counts completed trials only: sgd's one, and no row for nosuch
     (parent,), _ = runs(tmp_path)
     assert "value by trainer.optimizer.name (completed trials)" in out.stdout

@@ -48,6 +48,15 @@ def usable_rows(table: pd.DataFrame, failures: dict[int, str]) -> dict[str, np.n
     return rows
 
 
+def relocated(dataset_cfg, root: str | None = None, cache_dir: str | None = None):
+    """A logged run's dataset config, pointed at where its images and cache are now (if they moved)."""
+    if root:
+        dataset_cfg.root = root
+    if cache_dir:
+        dataset_cfg.cache_dir = cache_dir
+    return dataset_cfg
+
+
 def load_prepared(
     cfg, logged_split: pd.DataFrame | None = None, split_source: str = "", warn: bool = True
 ) -> PreparedData:

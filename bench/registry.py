@@ -1,0 +1,147 @@
+"""The registry end on this machine: building a 5-member ensemble, and prediction latency per image.
+
+1. `cxr.ensemble.build` over 5 registered versions (small CNNs on the demo-sized synthetic set, one
+   trained by cxr.train, four more registered with planted validation AUCs): wall time, split into
+   loading the members, scoring validation + test, and everything else (thresholds, bootstrap,
+   plots, logging and registering the ensemble).
+2. `cxr.predict.predict_files` latency per image for a single model and a 5-member ensemble of
+   `densenet121_cbam` (random weights: the cost does not depend on them) at 224 and 320 px, on a
+   real-size 1024x1024 PNG, batch 1 and batch 16.
+
+    python bench/registry.py [--sizes 224 320] [--images 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def ensemble_build(folder: Path) -> None:
+    import mlflow
+    from hydra import compose, initialize_config_dir
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from cxr import ensemble, model_registry, pyfunc
+    from cxr.config import CONF_DIR, SmallCnnConfig, register_configs
+    from cxr.labels import NIH_PATHOLOGIES
+    from cxr.models import build_model
+    from cxr.train import train
+
+    register_configs()
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    stores = [
+        f"dataset.root={folder}/synthetic", f"dataset.cache_dir={folder}/prepared", f"tracking.uri={uri}",
+        f"tracking.artifact_root={folder}/mlruns/artifacts", f"output_dir={folder}/output",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [
+            "experiment=demo", "trainer.epochs=3", "tracking.registered_model_name=bench",
+            "trainer.verbose=0", *stores,
+        ])  # fmt: skip
+        train(cfg, [])
+        client = MlflowClient(uri)
+        source = client.get_model_version("bench", "1")
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(cfg.tracking.experiment_name)
+        for k in range(4):
+            model = build_model(OmegaConf.structured(SmallCnnConfig()), cfg.dataset.image_size, 14)
+            spec = pyfunc.ModelSpec(
+                list(NIH_PATHOLOGIES), dict.fromkeys(NIH_PATHOLOGIES, 0.5), [cfg.dataset.image_size], [1.0]
+            )
+            with mlflow.start_run() as run:
+                for artifact in ("config.yaml", "split.csv"):
+                    text = mlflow.artifacts.load_text(f"runs:/{source.run_id}/{artifact}")
+                    mlflow.log_text(text, artifact)
+                info = pyfunc.log_model([model], spec, registered_model_name="bench")
+            tags = model_registry.version_tags(
+                {"val_auc_mean": 0.9 + k / 100},
+                run.info.run_id,
+                spec,
+                source.tags["split_digest"],
+                "cxr-demo",
+            )
+            model_registry.tag_version(client, "bench", str(info.registered_model_version), tags)
+        ens_cfg = compose("ensemble", ["model_name=bench", f"tracking.uri={uri}"])
+    timings = {}
+    real = {"load": pyfunc.load, "score": ensemble.predict_members}
+
+    def timed(name, func):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapper
+
+    pyfunc.load = timed("load", real["load"])
+    ensemble.predict_members = timed("score", real["score"])
+    start = time.perf_counter()
+    try:
+        ensemble.build(ens_cfg)
+    finally:
+        pyfunc.load, ensemble.predict_members = real["load"], real["score"]
+    total = time.perf_counter() - start
+    rest = total - timings["load"] - timings["score"]
+    print(
+        f"\nensemble of 5 small CNNs at {cfg.dataset.image_size}px on the demo set: {total:.1f} s "
+        f"(load members {timings['load']:.1f} s, score val+test {timings['score']:.1f} s, "
+        f"thresholds/bootstrap/plots/logging/registering {rest:.1f} s)"
+    )
+
+
+def latency(sizes: list[int], n_images: int, folder: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from cxr.config import DenseNet121CbamConfig
+    from cxr.labels import NIH_PATHOLOGIES
+    from cxr.models import build_model
+    from cxr.predict import predict_files
+    from cxr.pyfunc import CxrModel, ModelSpec
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n_images):
+        path = folder / f"x{i}.png"
+        Image.fromarray(rng.integers(0, 256, (1024, 1024), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    for size in sizes:
+        net = build_model(OmegaConf.structured(DenseNet121CbamConfig(weights=None)), size, 14)
+        for members in (1, 5):
+            spec = ModelSpec(list(NIH_PATHOLOGIES), dict.fromkeys(NIH_PATHOLOGIES, 0.5), [size] * members,
+                             [1 / members] * members)  # fmt: skip
+            model = CxrModel.of([net] * members, spec)  # the same weights: the cost is what counts
+            predict_files(model, paths[:2], batch_size=2)  # warm-up (graph tracing)
+            for batch in (1, 16):
+                start = time.perf_counter()
+                predict_files(model, paths, batch_size=batch)
+                per = (time.perf_counter() - start) / len(paths) * 1000
+                print(
+                    f"densenet121_cbam {size}px, {members} member(s), batch {batch:2d}: {per:7.0f} ms/image"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 320])
+    parser.add_argument("--images", type=int, default=16)
+    args = parser.parse_args()
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ensemble_build(Path(tmp))
+        latency(args.sizes, args.images, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
