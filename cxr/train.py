@@ -77,7 +77,7 @@ def fit(cfg: DictConfig, data, reporter=None):
         tf.config.experimental.enable_op_determinism()
     t = cfg.trainer
     n_classes = len(data.pathologies)
-    model = build_model(cfg.model, data.image_size, n_classes)
+    model = build_model(cfg.model, data.image_size, n_classes, augment=cfg.dataset.augment)
     loss = build_loss(cfg.loss, data.labels[data.rows["train"]])  # weights from training labels only
     model.compile(
         optimizer=build_optimizer(t.optimizer),
@@ -99,13 +99,10 @@ def fit(cfg: DictConfig, data, reporter=None):
             batch_size=t.batch_size,
             training=True,
             seed=cfg.seed,
-            shuffle_buffer=t.shuffle_buffer,
-            deterministic=t.deterministic,
-            augment=cfg.dataset.augment,
         ),
         validation_data=make_dataset(data.images, data.labels, data.rows["val"], batch_size=t.batch_size),
         epochs=t.epochs,
-        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
+        shuffle=False,  # the dataset shuffles rows each epoch; Keras would only reorder whole batches
         callbacks=callbacks,
         verbose=t.verbose,
     )

@@ -217,8 +217,8 @@ def test_prepare_and_pipeline_on_real_images_of_every_size_and_mode(real_samples
     batches = list(make_dataset(prepared.images, labels, rows, batch_size=8))
     n = len(real_samples)
     assert [b[0].shape[0] for b in batches] == [8] * (n // 8) + ([n % 8] if n % 8 else [])
-    x = np.concatenate([b[0].numpy() for b in batches])
-    y = np.concatenate([b[1].numpy() for b in batches])
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
     assert x.shape == (n, 64, 64, 1) and x.dtype == np.uint8
     np.testing.assert_array_equal(x[..., 0], prepared.images)  # each image, in order, untouched
     np.testing.assert_array_equal(y, labels)  # with its own labels
@@ -281,17 +281,46 @@ def test_cache_built_for_another_size_or_list_is_rejected(tmp_path):
         cache.prepare_images(paths, 8, tmp_path / "cache")
 
 
-def test_augmentation_changes_training_batches_only(tmp_path):
-    from cxr.config import AugmentConfig
+def test_training_batches_visit_every_row_once_per_epoch_in_a_seeded_order():
     from cxr.data.pipeline import make_dataset
 
-    images = np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (4, 32, 1))
-    labels = np.eye(4, len(NIH_PATHOLOGIES), dtype=np.float32)
-    aug = OmegaConf.structured(AugmentConfig(rotation_degrees=10, shift_fraction=0.1, contrast=0.2))
-    plain = next(iter(make_dataset(images, labels, np.arange(4), batch_size=4)))[0].numpy()
-    moved = next(iter(make_dataset(images, labels, np.arange(4), batch_size=4, training=True, augment=aug)))
-    assert moved[0].shape == plain.shape and not np.allclose(moved[0].numpy(), plain)
-    np.testing.assert_array_equal(np.sort(moved[1].numpy(), axis=0), np.sort(labels, axis=0))
+    n, rows = 50, np.arange(3, 53)  # a split's rows, not starting at 0
+    images = np.arange(n + 5, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    labels = np.arange(n + 5, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+
+    def epoch(ds, file_order=True):
+        batches = list(ds)
+        ds.on_epoch_end()  # as model.fit does after each epoch
+        for x, y in batches:
+            assert x.dtype == np.uint8 and x.shape[1:] == (4, 4, 1) and y.dtype == np.float32
+            np.testing.assert_array_equal(x[:, 0, 0, 0], y[:, 0])  # each image with its own labels
+            assert not file_order or np.all(np.diff(x[:, 0, 0, 0].astype(int)) > 0)  # read in file order
+        return [b[1][:, 0].astype(int).tolist() for b in batches]
+
+    ds = make_dataset(images, labels, rows, batch_size=16, training=True, seed=7)
+    first, second = epoch(ds), epoch(ds)
+    assert [len(b) for b in first] == [16, 16, 16, 2]
+    for order in (first, second):
+        assert sorted(sum(order, [])) == rows.tolist()  # every row exactly once
+    assert first != second  # reshuffled each epoch
+    again = make_dataset(images, labels, rows, batch_size=16, training=True, seed=7)
+    assert epoch(again) == first and epoch(again) == second  # the same seed, the same epochs
+    other = make_dataset(images, labels, rows, batch_size=16, training=True, seed=8)
+    assert epoch(other) != first
+    given = rows[::-1].copy()  # not training: the given order, untouched
+    plain = epoch(make_dataset(images, labels, given, batch_size=16), file_order=False)
+    assert sum(plain, []) == given.tolist()
+    with pytest.raises(IndexError):
+        ds[4]
+
+
+def test_gather_reads_any_rows_in_file_order_and_returns_them_as_asked():
+    from cxr.data.pipeline import gather
+
+    images = np.arange(10, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
+    for idx in ([3, 4, 5], [0, 0, 2], [5, 1, 3, 1], [7], []):
+        idx = np.array(idx, dtype=np.int64)
+        np.testing.assert_array_equal(gather(images, idx), images[idx])
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from keras.applications import densenet
 from omegaconf import OmegaConf
 
-from cxr.config import DenseNet121CbamConfig, DenseNet121Config, SmallCnnConfig
+from cxr.config import AugmentConfig, DenseNet121CbamConfig, DenseNet121Config, SmallCnnConfig
 from cxr.errors import CxrError
 from cxr.labels import NIH_PATHOLOGIES
 from cxr.losses import DynamicWeightedBCE
@@ -74,6 +74,45 @@ def test_each_model_builds_and_takes_one_training_step(name):
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     out = model.predict(images(3, seed=1), verbose=0)
     assert out.shape == (3, NUM_CLASSES) and np.all((out >= 0) & (out <= 1))
+
+
+AUGMENT = OmegaConf.structured(
+    AugmentConfig(rotation_degrees=10, shift_fraction=0.1, brightness=0.2, contrast=0.2, horizontal_flip=True)
+)
+
+
+def test_augmentation_is_a_block_before_the_preprocessing_and_off_when_unset():
+    model = build_model(model_cfg("small_cnn"), SIZE, NUM_CLASSES, augment=AUGMENT)
+    names = [layer.name for layer in model.layers]
+    assert names[:3] == ["image", "augment", "preprocess"]
+    kinds = [type(layer).__name__[len("Random") :] for layer in model.get_layer("augment").layers[:-1]]
+    assert kinds == ["Rotation", "Translation", "Brightness", "Contrast", "Flip"]
+    assert type(model.get_layer("augment").layers[-1]).__name__ == "ClipGrey"
+    off = build_model(
+        model_cfg("small_cnn"), SIZE, NUM_CLASSES, augment=OmegaConf.structured(AugmentConfig())
+    )
+    assert "augment" not in [layer.name for layer in off.layers]
+    block = model.get_layer("augment")
+    x = images(4)
+    np.testing.assert_array_equal(np.asarray(block(x, training=False)), x.astype(np.float32))
+    moved = np.asarray(block(x, training=True))
+    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 255 and not np.allclose(moved, x)
+
+
+def test_augmentation_changes_outputs_in_training_mode_only():
+    cfg = model_cfg("small_cnn", dropout=0.0)  # nothing else random, so any change is augmentation's
+    keras.utils.set_random_seed(0)
+    plain = build_model(cfg, SIZE, NUM_CLASSES)
+    augmented = build_model(cfg, SIZE, NUM_CLASSES, augment=AUGMENT)
+    for layer in plain.layers:
+        augmented.get_layer(layer.name).set_weights(layer.get_weights())
+    x = images(4)
+    # Two graphs: XLA (JAX) may fuse the no-op clip differently, hence 1-ulp tolerance, not equality.
+    np.testing.assert_allclose(augmented.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-6)
+    inferred = np.asarray(augmented(x, training=False))
+    np.testing.assert_allclose(inferred, np.asarray(plain(x, training=False)), atol=1e-6)
+    trained = np.asarray(augmented(x, training=True))
+    assert not np.allclose(trained, np.asarray(plain(x, training=True)), atol=1e-4)
 
 
 def test_densenet121_cbam_has_the_study_head():
@@ -177,15 +216,18 @@ def test_freezing_all_or_up_to_a_layer():
 def test_saved_models_load_in_a_fresh_process_in_safe_mode_with_identical_outputs(tmp_path):
     x = images(3, seed=2)
     np.save(tmp_path / "x.npy", x)
-    for name in CONFIGS:
-        model = build_model(model_cfg(name), SIZE, NUM_CLASSES)
+    saved = {name: build_model(model_cfg(name), SIZE, NUM_CLASSES) for name in CONFIGS}
+    saved["augmented"] = build_model(model_cfg("small_cnn"), SIZE, NUM_CLASSES, augment=AUGMENT)
+    for name, model in saved.items():
         model.compile(optimizer="adam", loss=DynamicWeightedBCE(0.2), metrics=epoch_metrics(NUM_CLASSES, 0.4))
+        if name == "augmented":  # a trained step moves the augmentation's seed state, which is saved too
+            model.train_on_batch(images(4), np.eye(4, NUM_CLASSES, dtype=np.float32))
         np.save(tmp_path / f"{name}.npy", model.predict(x, verbose=0))
         model.save(tmp_path / f"{name}.keras")
     script = (
         "import sys, numpy as np, keras, cxr.models, cxr.losses, cxr.metrics\n"
         f"x = np.load('{tmp_path}/x.npy')\n"
-        f"for name in {list(CONFIGS)!r}:\n"
+        f"for name in {list(saved)!r}:\n"
         f"    m = keras.saving.load_model(f'{tmp_path}/{{name}}.keras', safe_mode=True)\n"
         f"    assert np.array_equal(m.predict(x, verbose=0), np.load(f'{tmp_path}/{{name}}.npy')), name\n"
         "    assert m.loss.smoothing_factor == 0.2, name\n"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data.images import read_image
 from cxr.errors import CxrError
 
 IMAGES_FILE = "images.npy"
@@ -46,6 +45,8 @@ class PreparedImages:
 
 
 def _load_one(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str | None]:
+    from cxr.data.images import read_image  # PIL: only where images are decoded
+
     row, path, size = task
     return (row, *read_image(path, size))
 

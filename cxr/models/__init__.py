@@ -1,7 +1,8 @@
 """Model registry: `model.name` (or `model._target_`, a builder in your own code) picks a builder that
 maps the preprocessed image tensor to 14 outputs: `builder(cfg, x, num_classes) -> outputs`.
 
-Every model takes raw grey images, (N, size, size, 1) uint8, and starts with GreyToImageNet.
+Every model takes raw grey images, (N, size, size, 1) uint8: training-time augmentation (when asked
+for), then GreyToImageNet, then the builder's layers.
 """
 
 from __future__ import annotations
@@ -10,13 +11,23 @@ import keras
 
 from cxr.models import densenet as _densenet  # noqa: F401  (each module registers its builders)
 from cxr.models import small_cnn as _small_cnn  # noqa: F401
-from cxr.models.layers import GreyToImageNet
+from cxr.models.layers import GreyToImageNet, augmentation
 from cxr.models.registry import MODELS
 
 
-def build_model(cfg, image_size: int, num_classes: int) -> keras.Model:
+def build_model(cfg, image_size: int, num_classes: int, augment=None) -> keras.Model:
+    """The model `cfg` (a model config option) picks, for (image_size, image_size, 1) uint8 input.
+
+    `augment` (an AugmentConfig, e.g. `cfg.dataset.augment`) adds its random transforms as the
+    model's `augment` block, between the input and the preprocessing: active in training only
+    (Keras's random layers are the identity at inference), on the accelerator, on every backend.
+    """
     inputs = keras.Input(shape=(image_size, image_size, 1), dtype="uint8", name="image")
-    outputs = MODELS.for_option(cfg)(cfg, GreyToImageNet(name="preprocess")(inputs), num_classes)
+    x = inputs
+    block = augmentation(augment) if augment is not None else None
+    if block is not None:
+        x = block(x)
+    outputs = MODELS.for_option(cfg)(cfg, GreyToImageNet(name="preprocess")(x), num_classes)
     return keras.Model(inputs, outputs, name=cfg.name)
 
 

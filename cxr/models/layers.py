@@ -27,3 +27,39 @@ class GreyToImageNet(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 3)
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class ClipGrey(keras.layers.Layer):
+    """Clips grey values to [0, 255], the range of the uint8 images, as float32."""
+
+    def call(self, inputs):
+        return ops.clip(ops.cast(inputs, "float32"), 0.0, 255.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def augmentation(cfg) -> keras.Sequential | None:
+    """The configured random transforms (an AugmentConfig) as one block of Keras preprocessing
+    layers over grey values in [0, 255], clipped back to that range; None when every transform is off.
+
+    Each layer draws from Keras's seed generator (seeded by `keras.utils.set_random_seed`) and is the
+    identity at inference. The block computes in float32 whatever the dtype policy, so the grey
+    levels keep their precision under mixed precision.
+    """
+    grey = {"value_range": (0.0, 255.0), "dtype": "float32"}
+    steps, edges = [], {"fill_mode": "constant", "dtype": "float32"}  # black beyond the image's edges
+    if cfg.rotation_degrees:
+        steps.append(keras.layers.RandomRotation(cfg.rotation_degrees / 360.0, **edges))
+    if cfg.shift_fraction:
+        steps.append(keras.layers.RandomTranslation(cfg.shift_fraction, cfg.shift_fraction, **edges))
+    if cfg.brightness:
+        steps.append(keras.layers.RandomBrightness(cfg.brightness, **grey))
+    if cfg.contrast:
+        steps.append(keras.layers.RandomContrast(cfg.contrast, **grey))
+    if cfg.horizontal_flip:
+        steps.append(keras.layers.RandomFlip("horizontal", dtype="float32"))
+    if not steps:
+        return None
+    return keras.Sequential([*steps, ClipGrey(dtype="float32", name="clip")], name="augment")
