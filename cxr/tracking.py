@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,6 +142,15 @@ def tracked_run(
     if reporter is not None:
         mlflow.set_tag(STATE_TAG, "COMPLETE")
     mlflow.end_run("FINISHED")
+
+
+@contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """Log the wall time of the block as the metric `time_<phase>_s` of the active run (when it ends
+    without an exception): where a run's time went, beside its epochs (`bench/trial_overhead.py`)."""
+    start = time.perf_counter()
+    yield
+    mlflow.log_metric(f"time_{phase}_s", time.perf_counter() - start)
 
 
 def keras_metric_name(name: str) -> str:
