@@ -160,12 +160,17 @@ def keras_metric_name(name: str) -> str:
 
 
 def epoch_logger():
-    """A Keras callback that logs every epoch's training and validation metrics to the active run."""
+    """A Keras callback that logs every epoch's training and validation metrics and its duration
+    (`time_epoch_s`) to the active run."""
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             metrics = {keras_metric_name(k): float(v) for k, v in (logs or {}).items()}
+            metrics["time_epoch_s"] = time.perf_counter() - self.started  # the first one traces the graphs
             if metrics:
                 mlflow.log_metrics(metrics, step=epoch)
 
