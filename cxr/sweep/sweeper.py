@@ -103,8 +103,8 @@ class CxrOptunaSweeper(Sweeper):
                 self._tell(study, t, ret)
             ran += size
             parent.log_progress(study)
+        self._evaluate_best(study, given)  # before the summary, which ends the output
         self._finish(study, parent, url)
-        self._evaluate_best(study, given)
         return study
 
     def _job_overrides(self, url: str, trial: optuna.Trial, parent_run_id: str) -> list[str]:
@@ -177,7 +177,14 @@ class CxrOptunaSweeper(Sweeper):
         for trial in chosen:
             run_id = trial.user_attrs[RUN_ID_ATTR]
             print(f"\n[cxr sweep] trial {trial.number}, one of the best: intervals and plots (run {run_id})")
-            best.reevaluate(run_id, cfg)
+            try:
+                best.reevaluate(run_id, cfg)
+            except CxrError as err:  # the trials are done and recorded; say how to finish this by hand
+                print(
+                    f"[cxr sweep] could not re-evaluate trial {trial.number}: {err}; later: "
+                    f"python -m cxr.evaluate run_id={run_id}",
+                    file=sys.stderr,
+                )
 
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
         from optuna.trial import TrialState
