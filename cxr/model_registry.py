@@ -57,13 +57,24 @@ def version_tags(
         "image_size": ",".join(map(str, spec.image_sizes)),
         "thresholds": json.dumps(spec.thresholds),
     }
-    for key in (RANK_METRIC, f"{RANK_METRIC}_ci_low", f"{RANK_METRIC}_ci_high"):
-        if key in metrics:
-            tags[key] = repr(float(metrics[key]))
+    tags.update(metric_tags(metrics))
     if study is not None:
         tags[STUDY_TAG] = study
         tags[TRIAL_TAG] = str(trial)
     return tags
+
+
+def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
+    """The ranking metric and its interval (when one was computed), as version tags."""
+    keys = (RANK_METRIC, f"{RANK_METRIC}_ci_low", f"{RANK_METRIC}_ci_high")
+    return {key: repr(float(metrics[key])) for key in keys if key in metrics}
+
+
+def tag_run_versions(client, name: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Update the ranking tags of the versions of `name` that `run_id` registered (after a re-evaluation
+    computed the interval a sweep trial skipped)."""
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        tag_version(client, name, version.version, metric_tags(metrics))
 
 
 def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:

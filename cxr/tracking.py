@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,6 +144,15 @@ def tracked_run(
     mlflow.end_run("FINISHED")
 
 
+@contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """Log the wall time of the block as the metric `time_<phase>_s` of the active run (when it ends
+    without an exception): where a run's time went, beside its epochs (`bench/trial_overhead.py`)."""
+    start = time.perf_counter()
+    yield
+    mlflow.log_metric(f"time_{phase}_s", time.perf_counter() - start)
+
+
 def keras_metric_name(name: str) -> str:
     if name in _KERAS_RENAMES:
         return _KERAS_RENAMES[name]
@@ -150,12 +160,17 @@ def keras_metric_name(name: str) -> str:
 
 
 def epoch_logger():
-    """A Keras callback that logs every epoch's training and validation metrics to the active run."""
+    """A Keras callback that logs every epoch's training and validation metrics and its duration
+    (`time_epoch_s`) to the active run."""
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.perf_counter()
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             metrics = {keras_metric_name(k): float(v) for k, v in (logs or {}).items()}
+            metrics["time_epoch_s"] = time.perf_counter() - self.started  # the first one traces the graphs
             if metrics:
                 mlflow.log_metrics(metrics, step=epoch)
 

@@ -6,6 +6,7 @@ Returns the configured `optimized_metric` (default val_auc_mean), the value swee
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -154,10 +155,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.sweep.reporter import open_reporter
 
     check_optimized_metric(cfg.optimized_metric)
+    started = time.perf_counter()
     reporter = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data = load_prepared(cfg.dataset)
+    load_seconds = time.perf_counter() - started
 
     import mlflow
 
@@ -166,22 +169,29 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.reporting import evaluate_predictions, log_evaluation
 
     with tracking.tracked_run(cfg, overrides or [], reporter) as run_id:
+        mlflow.log_metric("time_load_data_s", load_seconds)
         mlflow.log_artifact(str(write_split_csv(data.table, output_dir / "split.csv")))
         mlflow.log_metrics({f"n_{s}_images": float(len(r)) for s, r in data.rows.items()})
-        model, history = fit(cfg, data, reporter)
+        with tracking.timed("fit"):
+            model, history = fit(cfg, data, reporter)
         mlflow.log_metric("epochs_trained", len(history.epoch))
         _fail_on_nan_loss(history)
         _stop_if_pruned(reporter)
-        predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size)
-        evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
-        log_evaluation(
-            evaluation, cfg.evaluation.plots, pd.DataFrame(history.history).assign(epoch=history.epoch)
-        )
+        with tracking.timed("predict"):
+            predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size)
+        with tracking.timed("evaluate"):
+            evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
+        with tracking.timed("log_evaluation"):
+            log_evaluation(
+                evaluation, cfg.evaluation.plots, pd.DataFrame(history.history).assign(epoch=history.epoch)
+            )
         if (output_dir / "history.csv").is_file():
             mlflow.log_artifact(str(output_dir / "history.csv"))
         if cfg.tracking.log_model:
-            log_model(cfg, model, data, evaluation, run_id, reporter)
+            with tracking.timed("log_model"):
+                log_model(cfg, model, data, evaluation, run_id, reporter)
         objective = _objective(evaluation, cfg.optimized_metric)
+        mlflow.log_metric("time_run_s", time.perf_counter() - started)
     _print_summary(cfg, run_id, evaluation.metrics)
     return objective
 

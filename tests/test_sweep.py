@@ -106,6 +106,54 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
 
 
 @pytest.mark.slow
+def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end(tmp_path, data_root):
+    """The sweeper's default trial evaluation: point values only; the best trial is re-evaluated."""
+    args = [
+        a for a in sweep_args(tmp_path, data_root, "cheap", "+sweep=core", "model=small_cnn") if a not in FAST
+    ]
+    out = run_cli("cxr.train", *args, "hydra.sweeper.n_trials=2", *REGISTER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = load(tmp_path, "cheap")
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    _, children = runs(tmp_path)
+    assert len(children) == 2
+    for child in children:
+        metrics, run_id = child.data.metrics, child.info.run_id
+        assert metrics["val_auc_mean"] == pytest.approx(
+            study.trials[int(child.data.tags["optuna.trial_number"])].value
+        )
+        assert {"time_fit_s", "time_evaluate_s", "time_log_model_s"} <= set(metrics)
+        plots = [a.path for a in client.list_artifacts(run_id, "plots")]
+        if run_id == best_run:
+            assert "val_auc_mean_ci_low" in metrics and "test_auc_mean_ci_high" in metrics
+            assert "plots/roc_val.png" in plots and child.data.tags["cxr.reevaluated_with"]
+        else:
+            assert "val_auc_mean_ci_low" not in metrics and plots == []
+    assert sorted(registered_runs(tmp_path)) == sorted(c.info.run_id for c in children)
+    (version,) = client.search_model_versions(f"name = 'swept' and run_id = '{best_run}'")
+    assert float(version.tags["val_auc_mean"]) == pytest.approx(study.best_value)
+    assert "val_auc_mean_ci_low" in version.tags
+    assert f"trial {study.best_trial.number}, one of the best: intervals and plots" in out.stdout
+
+
+def test_trial_evaluation_overrides_leave_keys_given_on_the_command_line_alone():
+    from cxr.sweep import best
+    from cxr.sweep.settings import TrialEvaluationConf
+
+    cheap = OmegaConf.structured(TrialEvaluationConf)
+    full = OmegaConf.create({"bootstrap": {"resamples": 1000}, "plots": True})
+    assert best.trial_overrides(cheap, set()) == [
+        "evaluation.bootstrap.resamples=0",
+        "evaluation.plots=false",
+    ]
+    assert best.trial_overrides(cheap, {"evaluation.plots"}) == ["evaluation.bootstrap.resamples=0"]
+    assert best.trials_lack_full_evaluation(cheap, full, set())
+    given = {"evaluation.plots", "evaluation.bootstrap.resamples"}
+    assert not best.trials_lack_full_evaluation(cheap, full, given)
+
+
+@pytest.mark.slow
 def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_root):
     """A finished trial that reported a perfect AUC every epoch: any real trial trails its median."""
     study = optuna.create_study(

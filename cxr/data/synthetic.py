@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy.ndimage import gaussian_filter
-from scipy.stats import norm
 
 from cxr.config import SyntheticGeneratorConfig
 from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE, NO_FINDING
@@ -86,6 +84,8 @@ def sample_metadata(cfg: SyntheticGeneratorConfig) -> pd.DataFrame:
     z = np.sqrt(r) * _latent(rng, cfg.n_patients)[patient_of_image] + np.sqrt(1 - r) * _latent(
         rng, len(patient_of_image)
     )
+    from scipy.stats import norm  # scipy only to generate a set (1 s of imports), not to read one
+
     thresholds = norm.ppf(1.0 - prevalences(cfg.min_prevalence))
     labels = (z > thresholds).astype(np.uint8)
 
@@ -131,6 +131,8 @@ class _Canvas:
         return np.exp(-(((self.x - cx) ** 2 + (self.y - cy) ** 2) / (2 * sigma**2)))
 
     def texture(self, sigma_px: float) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
         t = gaussian_filter(self.rng.standard_normal((self.n, self.n)), sigma_px)
         return t / (t.std() + 1e-9)
 

@@ -22,6 +22,17 @@ class PrunerConf:
 
 
 @dataclass
+class TrialEvaluationConf:
+    """What each trial's evaluation computes beyond the point values (AUCs, thresholds), which every trial
+    logs (ranking, pruning and registration read them). Intervals and plots cost seconds per trial and
+    matter only for the trials one keeps: `best_trials` of them get the run's full evaluation at the end."""
+
+    bootstrap_resamples: int = 0  # evaluation.bootstrap.resamples of each trial (0: no intervals)
+    plots: bool = False  # evaluation.plots of each trial
+    best_trials: int = 1  # at the end, the best completed trials re-evaluated with intervals and plots
+
+
+@dataclass
 class CxrOptunaSweeperConf:
     # Hydra instantiates plugins only from classes defined under hydra_plugins: see that package
     _target_: str = "hydra_plugins.cxr_optuna_sweeper.plugin.CxrOptunaSweeper"
@@ -36,3 +47,5 @@ class CxrOptunaSweeperConf:
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] = field(default_factory=dict)  # key: choice(...) | interval(...) | ...
     summary_by: list[str] = field(default_factory=list)  # group finished trials by these params
+    # each trial's evaluation; a key given on the command line (evaluation.plots=true) wins
+    trial_evaluation: TrialEvaluationConf = field(default_factory=TrialEvaluationConf)

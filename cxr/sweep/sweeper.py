@@ -21,7 +21,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.errors import CxrError, exit_on_user_error
-from cxr.sweep import space
+from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
 from cxr.sweep.study import RUN_ID_ATTR, create_or_join, safe_url, storage_url
 
@@ -68,7 +68,8 @@ class CxrOptunaSweeper(Sweeper):
         study, created = create_or_join(s, url, searched)
         parent = ParentRun.open(self.config.tracking, study, created, searched, s, url)
         grid = space.grid(searched) if s.sampler.name == "grid" else None
-        fixed_args = [f"{k}={v}" for k, v in fixed.items()]
+        given = {*fixed, *searched}
+        fixed_args = [f"{k}={v}" for k, v in fixed.items()] + best.trial_overrides(s.trial_evaluation, given)
         print(f"[cxr sweep] study {s.study_name!r} in {safe_url(url)}: {len(study.trials)} trials so far")
 
         deadline = time.monotonic() + s.timeout if s.timeout else None
@@ -102,6 +103,7 @@ class CxrOptunaSweeper(Sweeper):
                 self._tell(study, t, ret)
             ran += size
             parent.log_progress(study)
+        self._evaluate_best(study, given)  # before the summary, which ends the output
         self._finish(study, parent, url)
         return study
 
@@ -160,6 +162,29 @@ class CxrOptunaSweeper(Sweeper):
             return
         print(f"[cxr sweep] trial {trial.number} failed: {type(error).__name__}: {error}", file=sys.stderr)
         cls._record(study, trial, state=TrialState.FAIL)
+
+    def _evaluate_best(self, study: optuna.Study, given: set[str]) -> None:
+        """Intervals and plots, skipped by the trials, for the best `trial_evaluation.best_trials`."""
+        s, cfg = self.settings, self.config
+        if not s.trial_evaluation.best_trials or not best.trials_lack_full_evaluation(
+            s.trial_evaluation, cfg.evaluation, given
+        ):
+            return
+        chosen = best.best_trials(study, s.trial_evaluation.best_trials, s.direction)
+        if chosen and not cfg.tracking.log_model:
+            print("[cxr sweep] tracking.log_model=false: no model to re-evaluate with intervals and plots")
+            return
+        for trial in chosen:
+            run_id = trial.user_attrs[RUN_ID_ATTR]
+            print(f"\n[cxr sweep] trial {trial.number}, one of the best: intervals and plots (run {run_id})")
+            try:
+                best.reevaluate(run_id, cfg)
+            except CxrError as err:  # the trials are done and recorded; say how to finish this by hand
+                print(
+                    f"[cxr sweep] could not re-evaluate trial {trial.number}: {err}; later: "
+                    f"python -m cxr.evaluate run_id={run_id}",
+                    file=sys.stderr,
+                )
 
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
         from optuna.trial import TrialState

@@ -1,0 +1,68 @@
+"""Cheap trials, full evaluation for the ones kept.
+
+Every trial logs its point values (AUCs, thresholds: what pruning, ranking and registration read); the
+bootstrap intervals and plots cost seconds per trial, so the sweeper turns them down for trials
+(`hydra.sweeper.trial_evaluation`) and, at the end, re-evaluates the best trials' logged models with
+the sweep's own evaluation settings (`cxr.evaluate`, intervals and plots as a plain run has them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+from cxr.sweep.study import RUN_ID_ATTR
+
+if TYPE_CHECKING:
+    import optuna
+
+RESAMPLES_KEY = "evaluation.bootstrap.resamples"
+PLOTS_KEY = "evaluation.plots"
+
+
+def trial_overrides(trial_evaluation, given: set[str]) -> list[str]:
+    """The overrides that give each trial the sweep's trial evaluation; a key given is left alone."""
+    wanted = {RESAMPLES_KEY: trial_evaluation.bootstrap_resamples, PLOTS_KEY: trial_evaluation.plots}
+    return [f"{key}={str(value).lower()}" for key, value in wanted.items() if key not in given]
+
+
+def trials_lack_full_evaluation(trial_evaluation, evaluation: DictConfig, given: set[str]) -> bool:
+    """Whether the trials computed less than `evaluation` (the sweep's config) would."""
+    resamples = (
+        evaluation.bootstrap.resamples if RESAMPLES_KEY in given else trial_evaluation.bootstrap_resamples
+    )
+    plots = evaluation.plots if PLOTS_KEY in given else trial_evaluation.plots
+    return resamples < evaluation.bootstrap.resamples or (evaluation.plots and not plots)
+
+
+def best_trials(study: optuna.Study, n: int, direction: str) -> list[optuna.trial.FrozenTrial]:
+    """The `n` best completed trials with an MLflow run, best first."""
+    from optuna.trial import TrialState
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(RUN_ID_ATTR) and t.value is not None
+    ]
+    return sorted(done, key=lambda t: t.value, reverse=direction == "maximize")[:n]
+
+
+def reevaluate(run_id: str, config: DictConfig) -> dict[str, float]:
+    """`python -m cxr.evaluate run_id=...` with the sweep's evaluation and tracking settings; the run's
+    registered versions get the interval of the ranking metric as tags, as a plain run's versions do."""
+    from mlflow.tracking import MlflowClient
+
+    from cxr import model_registry
+    from cxr.config import EvaluateConfig
+    from cxr.evaluate import evaluate
+
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(EvaluateConfig),
+        {"run_id": run_id, "evaluation": config.evaluation, "tracking": config.tracking},
+    )
+    metrics = evaluate(cfg)
+    name = config.tracking.registered_model_name
+    if name:
+        model_registry.tag_run_versions(MlflowClient(config.tracking.uri), name, run_id, metrics)
+    return metrics
