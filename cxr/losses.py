@@ -17,7 +17,8 @@ LOSSES: Registry = Registry("loss")
 
 
 def _clipped(y_true, y_pred, epsilon: float):
-    return ops.cast(y_true, y_pred.dtype), ops.clip(y_pred, epsilon, 1.0 - epsilon)
+    """Labels and clipped probabilities in float32, whatever the model's precision (trainer.precision)."""
+    return ops.cast(y_true, "float32"), ops.clip(ops.cast(y_pred, "float32"), epsilon, 1.0 - epsilon)
 
 
 def ratio_weights(ratio, smoothing_factor: float, epsilon: float):
