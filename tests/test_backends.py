@@ -23,6 +23,8 @@ from cxr.models import build_model
 from .conftest import REPO
 from .test_models import NUM_CLASSES, SIZE, images, model_cfg
 
+pytestmark = pytest.mark.backend
+
 
 def trainer(**changes):
     cfg = OmegaConf.structured(TrainerConfig)
@@ -156,3 +158,34 @@ def test_a_model_saved_on_this_backend_loads_in_safe_mode_on_the_other(tmp_path)
     assert saved.returncode == 0, saved.stderr[-3000:]
     loaded = run_under(target, LOAD.format(backend=target, tmp=tmp_path))
     assert loaded.returncode == 0, loaded.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_run_logs_a_model_that_loads_in_a_fresh_process(compose_cfg, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cxr.train import train
+
+    from .conftest import TINY, store_overrides
+
+    knobs = ["trainer.precision=mixed_bfloat16", "trainer.steps_per_execution=2"]
+    cheap = ["evaluation.bootstrap.resamples=0", "evaluation.plots=false"]
+    cfg = compose_cfg([*TINY, *store_overrides(tmp_path), *knobs, *cheap])
+    train(cfg)
+    assert keras.config.dtype_policy().name == "float32"  # restored for whatever runs next
+    client = MlflowClient(cfg.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id])
+    assert run.data.params["trainer.precision"] == "mixed_bfloat16"
+    assert run.data.params["trainer.steps_per_execution"] == "2"
+    script = (
+        "import mlflow, numpy as np\n"
+        "from cxr import pyfunc\n"
+        f"mlflow.set_tracking_uri({cfg.tracking.uri!r})\n"
+        f"model = pyfunc.load('runs:/{run.info.run_id}/model')\n"
+        "(member,) = model.members\n"
+        "assert member.dtype_policy.name == 'mixed_bfloat16', member.dtype_policy\n"
+        "scores = model.probabilities([np.full((40, 40), 100, np.uint8)])\n"
+        "assert scores.dtype == np.float32 and scores.shape == (1, 14), scores\n"
+    )
+    done = run_under(keras.backend.backend(), script)
+    assert done.returncode == 0, done.stderr[-3000:]
