@@ -106,6 +106,7 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
 
 
 @pytest.mark.slow
+@pytest.mark.backend
 def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_root):
     """A finished trial that reported a perfect AUC every epoch: any real trial trails its median."""
     study = optuna.create_study(
