@@ -72,3 +72,19 @@ def enable_determinism() -> None:
 def backend_packages(backend: str) -> list[str]:
     """The packages a Keras backend needs at run time besides keras (what a logged model pins)."""
     return {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(backend, [])
+
+
+def check_loss(loss) -> None:
+    """A loss with a running state (moving_average_bce) needs a backend that keeps it between batches.
+
+    JAX's compiled train step carries the model's, the optimizer's and the metrics' variables, not a
+    loss's own, so the state would silently stay at its start value.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if hasattr(loss, "training_callback") and backend == "jax":
+        raise CxrError(
+            f"loss={loss.name} keeps a running state that the {backend} backend's compiled train step drops; "
+            "train it with KERAS_BACKEND=tensorflow or choose another loss (dynamic_bce is its stateless kin)"
+        )

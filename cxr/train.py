@@ -81,6 +81,7 @@ def fit(cfg: DictConfig, data, reporter=None):
     with backend.dtype_policy(t.precision):  # layers keep it; the sigmoid outputs are float32 in any case
         model = build_model(cfg.model, data.image_size, n_classes)
     loss = build_loss(cfg.loss, data.labels[data.rows["train"]])  # weights from training labels only
+    backend.check_loss(loss)
     model.compile(
         optimizer=build_optimizer(t.optimizer),
         loss=loss,
