@@ -90,6 +90,8 @@ def test_the_policy_is_restored_even_when_building_fails():
 @pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "float32"])
 @pytest.mark.parametrize("name", ["small_cnn", pytest.param("densenet121_cbam", marks=pytest.mark.slow)])
 def test_each_precision_trains_a_step_with_float32_outputs(name, precision):
+    if name == "densenet121_cbam" and keras.backend.backend() == "jax":
+        pytest.skip("DenseNet121's eager 16-bit step takes minutes on JAX's CPU; the TensorFlow pass has it")
     with dtype_policy(precision):
         model = build_model(model_cfg(name), SIZE, NUM_CLASSES)
     assert keras.config.dtype_policy().name == "float32"
