@@ -196,8 +196,13 @@ class TrainerConfig:
     batch_size: int = 32
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     shuffle_buffer: int = 2048
-    deterministic: bool = False  # bit-exact TensorFlow ops: reproducible, slower
+    deterministic: bool = False  # bit-exact ops (TensorFlow; XLA's GPU flag on JAX): reproducible, slower
     verbose: Any = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
+    # float32, mixed_bfloat16 (GPUs from Ampere, TPUs) or mixed_float16 (older GPUs; with loss scaling):
+    # layers compute in 16 bits and keep float32 weights; the sigmoid outputs and the loss stay float32
+    precision: str = "float32"
+    jit_compile: Any = "auto"  # XLA-compile the train step: auto (Keras decides per backend), true, false
+    steps_per_execution: int = 1  # batches per compiled call (callbacks see every Nth batch)
 
 
 # ---------------------------------------------------------------- callbacks

@@ -17,7 +17,8 @@ LOSSES: Registry = Registry("loss")
 
 
 def _clipped(y_true, y_pred, epsilon: float):
-    return ops.cast(y_true, y_pred.dtype), ops.clip(y_pred, epsilon, 1.0 - epsilon)
+    """Labels and clipped probabilities in float32, whatever the model's precision (trainer.precision)."""
+    return ops.cast(y_true, "float32"), ops.clip(ops.cast(y_pred, "float32"), epsilon, 1.0 - epsilon)
 
 
 def ratio_weights(ratio, smoothing_factor: float, epsilon: float):
@@ -83,10 +84,12 @@ class MovingAverageWeightedBCE(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y, p = _clipped(y_true, y_pred, self.epsilon)
         batch = ops.mean(y, axis=0)
-        moved = ops.where(self.seen > 0, self.momentum * self.ratio + (1.0 - self.momentum) * batch, batch)
-        ratio = ops.where(self.updating > 0, moved, self.ratio)
+        # .value: JAX no longer converts a Keras Variable inside jnp functions
+        previous, seen, updating = self.ratio.value, self.seen.value, self.updating.value
+        moved = ops.where(seen > 0, self.momentum * previous + (1.0 - self.momentum) * batch, batch)
+        ratio = ops.where(updating > 0, moved, previous)
         self.ratio.assign(ratio)
-        self.seen.assign(ops.maximum(self.seen, self.updating))
+        self.seen.assign(ops.maximum(seen, updating))
         w_pos, w_neg = ratio_weights(ratio, self.smoothing_factor, self.epsilon)
         return -ops.mean(weighted_log_likelihood(y, p, w_pos, w_neg), axis=-1)
 

@@ -157,9 +157,10 @@ def _requirements(keras) -> list[str]:
     `--env-manager local` from an environment where cxr is installed."""
     import importlib.metadata as metadata
 
+    from cxr.backend import backend_packages
+
     pins = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-    backend = keras.backend.backend()
-    for package in {"tensorflow": ["tensorflow"], "jax": ["jax"]}.get(backend, []):
+    for package in backend_packages(keras.backend.backend()):
         pins.append(f"{package}=={metadata.version(package)}")
     return pins
 

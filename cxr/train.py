@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cxr.backend import check_trainer
 from cxr.config import CONF_DIR, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
@@ -63,9 +64,8 @@ def _objective(evaluation, name: str) -> float:
 def fit(cfg: DictConfig, data, reporter=None):
     """Build, compile and fit the configured model on `data`'s train split; returns (model, history)."""
     import keras
-    import tensorflow as tf
 
-    from cxr import tracking
+    from cxr import backend, tracking
     from cxr.callbacks import build_callbacks
     from cxr.data.pipeline import make_dataset
     from cxr.losses import build_loss, loss_callbacks
@@ -73,17 +73,21 @@ def fit(cfg: DictConfig, data, reporter=None):
     from cxr.models import build_model
     from cxr.optimizers import build_optimizer
 
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.trainer.deterministic:
-        tf.config.experimental.enable_op_determinism()
     t = cfg.trainer
+    check_trainer(t)
+    if t.deterministic:
+        backend.enable_determinism()
+    keras.utils.set_random_seed(cfg.seed)
     n_classes = len(data.pathologies)
-    model = build_model(cfg.model, data.image_size, n_classes, augment=cfg.dataset.augment)
+    with backend.dtype_policy(t.precision):  # layers keep it; the sigmoid outputs are float32 in any case
+        model = build_model(cfg.model, data.image_size, n_classes, augment=cfg.dataset.augment)
     loss = build_loss(cfg.loss, data.labels[data.rows["train"]])  # weights from training labels only
+    backend.check_loss(loss)
     model.compile(
         optimizer=build_optimizer(t.optimizer),
         loss=loss,
         metrics=epoch_metrics(n_classes, cfg.evaluation.threshold),
+        **backend.compile_options(t),  # mixed_float16: Keras wraps the optimizer in a LossScaleOptimizer
     )
     callbacks = [
         *build_callbacks(cfg.callbacks, Path(cfg.output_dir)),
@@ -155,6 +159,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.sweep.reporter import open_reporter
 
     check_optimized_metric(cfg.optimized_metric)
+    check_trainer(cfg.trainer)
     started = time.perf_counter()
     reporter = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from cxr.train import train
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
 
-pytestmark = pytest.mark.slow  # a training run, then the command in its own process
+pytestmark = [pytest.mark.slow, pytest.mark.backend]  # a training run, then the command in its own process
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from omegaconf import OmegaConf
 
 from cxr.config import SCHEMAS
@@ -120,8 +119,12 @@ def test_loss_matches_numpy_reference(name, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_loss_and_gradients_are_finite_on_degenerate_batches(name, batch):
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("gradients taken with tf.GradientTape; other backends train end to end in test_train.py")
     y = BATCHES[batch]
     for start in (0.5, 0.0, 1.0):  # also saturated predictions
+        import tensorflow as tf
+
         p = tf.Variable(np.full(y.shape, start, np.float32))
         with tf.GradientTape() as tape:
             value = make(name)(y, p)
@@ -151,6 +154,8 @@ def test_fixed_weights_come_from_training_labels_laplace_smoothed():
 
 def test_moving_average_moves_in_training_batches_and_never_in_evaluation():
     """Through real fit/evaluate/predict: validation and inference leave the running ratio alone."""
+    if keras.backend.backend() == "jax":
+        pytest.skip("JAX's train step drops a loss's own state; cxr.train refuses it (test_backends.py)")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 3)).astype(np.float32)
     y = (rng.random((64, 3)) < [0.1, 0.5, 0.9]).astype(np.float32)

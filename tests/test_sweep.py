@@ -154,6 +154,7 @@ def test_trial_evaluation_overrides_leave_keys_given_on_the_command_line_alone()
 
 
 @pytest.mark.slow
+@pytest.mark.backend
 def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_root):
     """A finished trial that reported a perfect AUC every epoch: any real trial trails its median."""
     study = optuna.create_study(

@@ -34,6 +34,7 @@ def finished(tmp_path_factory):
     return cfg, client, run, objective
 
 
+@pytest.mark.backend
 def test_run_finished_with_all_disease_aucs(finished):
     _, _, run, objective = finished
     assert run.info.status == "FINISHED"
@@ -48,6 +49,7 @@ def test_run_finished_with_all_disease_aucs(finished):
     assert objective != pytest.approx(metrics["val_auc_mean"])
 
 
+@pytest.mark.backend
 def test_run_logs_config_params_tags_and_epoch_history(finished):
     cfg, client, run, _ = finished
     params = run.data.params
@@ -60,6 +62,7 @@ def test_run_logs_config_params_tags_and_epoch_history(finished):
     assert len(client.get_metric_history(run.info.run_id, "train_auc")) == 2
 
 
+@pytest.mark.backend
 def test_run_logs_config_split_and_history_artifacts(finished, tmp_path):
     cfg, client, run, _ = finished
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -74,6 +77,7 @@ def test_run_logs_config_split_and_history_artifacts(finished, tmp_path):
     assert table.groupby("Patient ID")["split"].nunique().max() == 1
 
 
+@pytest.mark.backend
 def test_logged_model_is_cxrs_pyfunc_with_its_thresholds(finished):
     import json
 
@@ -113,6 +117,7 @@ def test_a_run_with_a_bug_ends_failed(compose_cfg, tmp_path):
     assert _only_run(cfg).info.status == "FAILED"
 
 
+@pytest.mark.backend
 def test_cli_runs_and_prints_run_id_auc_and_ui_command(tmp_path):
     out = run_cli(
         "cxr.train", "experiment=demo", *TINY, *store_overrides(tmp_path), f"hydra.run.dir={tmp_path}/hydra"
@@ -145,6 +150,7 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     assert line.startswith(f"cxr: error: dataset folder {tmp_path}/nowhere does not exist")
 
 
+@pytest.mark.backend
 def test_run_logs_clinical_metrics_each_epoch(finished):
     _, client, run, _ = finished
     for name in ("auc", "recall", "precision", "specificity", "npv", "f1_micro", "hamming_loss"):
@@ -153,6 +159,7 @@ def test_run_logs_clinical_metrics_each_epoch(finished):
             assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values), prefix + name
 
 
+@pytest.mark.backend
 def test_run_logs_intervals_thresholds_operating_points_and_plots(finished, tmp_path):
     cfg, client, run, _ = finished
     mlflow.set_tracking_uri(cfg.tracking.uri)

@@ -2,6 +2,9 @@
 
 The 2025 study convolved the feature map itself in its "spatial attention"; here the 7x7 convolution
 sees exactly the two pooled maps (channel-wise mean and max), as the CBAM paper defines it.
+
+Each layer hands its dtype policy to the layers it creates, so under a mixed policy (trainer.precision)
+the whole block computes in the same 16-bit type, also when a saved model is loaded in a float32 process.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ class ChannelAttention(layers.Layer):
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
-        self.hidden = layers.Dense(max(1, channels // self.reduction), activation="relu", name="mlp_hidden")
-        self.project = layers.Dense(channels, name="mlp_out")
+        hidden = max(1, channels // self.reduction)
+        self.hidden = layers.Dense(hidden, activation="relu", dtype=self.dtype_policy, name="mlp_hidden")
+        self.project = layers.Dense(channels, dtype=self.dtype_policy, name="mlp_out")
         self.hidden.build((None, channels))
         self.project.build((None, self.hidden.units))
         super().build(input_shape)
@@ -47,7 +51,9 @@ class SpatialAttention(layers.Layer):
         self.kernel_size = int(kernel_size)
 
     def build(self, input_shape):
-        self.conv = layers.Conv2D(1, self.kernel_size, padding="same", activation="sigmoid", name="conv")
+        self.conv = layers.Conv2D(
+            1, self.kernel_size, padding="same", activation="sigmoid", dtype=self.dtype_policy, name="conv"
+        )
         self.conv.build((*input_shape[:-1], 2))
         super().build(input_shape)
 
@@ -72,8 +78,8 @@ class CBAM(layers.Layer):
         super().__init__(**kwargs)
         self.reduction = int(reduction)
         self.kernel_size = int(kernel_size)
-        self.channel = ChannelAttention(self.reduction, name="channel_attention")
-        self.spatial = SpatialAttention(self.kernel_size, name="spatial_attention")
+        self.channel = ChannelAttention(self.reduction, dtype=self.dtype_policy, name="channel_attention")
+        self.spatial = SpatialAttention(self.kernel_size, dtype=self.dtype_policy, name="spatial_attention")
 
     def build(self, input_shape):
         self.channel.build(input_shape)

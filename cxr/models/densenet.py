@@ -76,7 +76,7 @@ def build_densenet121(cfg, x, num_classes: int):
     x = layers.GlobalAveragePooling2D(name="gap")(densenet121_features(cfg, x))
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    return layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
+    return layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="predictions")(x)
 
 
 @MODELS.register("densenet121_cbam")
@@ -88,4 +88,4 @@ def build_densenet121_cbam(cfg, x, num_classes: int):
     for i, units in enumerate(cfg.dense_units):
         x = layers.Dense(units, activation="relu", kernel_regularizer=reg, name=f"dense{i}")(x)
         x = layers.Dropout(cfg.dropout, name=f"dropout{i}")(x)
-    return layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
+    return layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="predictions")(x)

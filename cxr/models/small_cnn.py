@@ -21,4 +21,4 @@ def build_small_cnn(cfg, x, num_classes: int):
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dense(cfg.dense_units, activation="relu", kernel_regularizer=reg, name="dense")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    return layers.Dense(num_classes, activation="sigmoid", name="predictions")(x)
+    return layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="predictions")(x)

@@ -1,0 +1,90 @@
+"""What a training run asks of the Keras backend: precision, compilation, determinism.
+
+cxr runs on whatever `KERAS_BACKEND` says (tensorflow by default, jax for speed on GPUs); models, losses
+and metrics use `keras.ops` only. The few places that must know the backend are here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cxr.errors import CxrError
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+JIT_COMPILE = ("auto", True, False)
+JAX_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+def check_trainer(t) -> None:
+    """trainer.precision, trainer.jit_compile and trainer.steps_per_execution, before anything is built."""
+    if t.precision not in PRECISIONS:
+        raise CxrError(f"trainer.precision={t.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if not (isinstance(t.jit_compile, bool) or t.jit_compile == "auto"):
+        raise CxrError(f"trainer.jit_compile={t.jit_compile!r}: choose one of auto, true, false")
+    steps = t.steps_per_execution
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CxrError(f"trainer.steps_per_execution={steps!r}: give a whole number of batches, 1 or more")
+
+
+def compile_options(t) -> dict:
+    """The `model.compile` keyword arguments the trainer config sets."""
+    return {"jit_compile": t.jit_compile, "steps_per_execution": t.steps_per_execution}
+
+
+@contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `precision` while models are built, then restored.
+
+    Layers keep the policy they were built with (a saved model records it), so the process, and the
+    tests and runs after this one in it, go on in whatever policy they had.
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def enable_determinism() -> None:
+    """Bit-exact kernels where the backend offers them (trainer.deterministic=true).
+
+    TensorFlow: op determinism. JAX: XLA's deterministic GPU ops, read when JAX starts its backend, so
+    it takes effect in a fresh process (a `python -m cxr.train` run); on a CPU JAX is deterministic.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if JAX_DETERMINISM_FLAG not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {JAX_DETERMINISM_FLAG}".strip()
+
+
+def backend_packages(backend: str) -> list[str]:
+    """The packages a Keras backend needs at run time besides keras (what a logged model pins)."""
+    return {"tensorflow": ["tensorflow"], "jax": ["jax", "jaxlib"], "torch": ["torch"]}.get(backend, [])
+
+
+def check_loss(loss) -> None:
+    """A loss with a running state (moving_average_bce) needs a backend that keeps it between batches.
+
+    JAX's compiled train step carries the model's, the optimizer's and the metrics' variables, not a
+    loss's own, so the state would silently stay at its start value.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if hasattr(loss, "training_callback") and backend == "jax":
+        raise CxrError(
+            f"loss={loss.name} keeps a running state that the {backend} backend's compiled train step drops; "
+            "train it with KERAS_BACKEND=tensorflow or choose another loss (dynamic_bce is its stateless kin)"
+        )
