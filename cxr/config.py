@@ -195,7 +195,6 @@ class TrainerConfig:
     epochs: int = 10
     batch_size: int = 32
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    shuffle_buffer: int = 2048
     deterministic: bool = False  # bit-exact ops (TensorFlow; XLA's GPU flag on JAX): reproducible, slower
     verbose: Any = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
     # float32, mixed_bfloat16 (GPUs from Ampere, TPUs) or mixed_float16 (older GPUs; with loss scaling):
