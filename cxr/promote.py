@@ -96,15 +96,12 @@ def promote(client, cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> None:
     from mlflow.tracking import MlflowClient
 
-    from cxr import model_registry
-
     if not cfg.metric.startswith("val_"):
         raise CxrError(f"metric={cfg.metric!r}: compare versions on a validation metric, never on test")
     client = MlflowClient(cfg.tracking.uri)
     if cfg.version is None:
         show(client, cfg)
         return
-    model_registry.ranked_versions(client, cfg.model_name, metric=cfg.metric)  # the model must exist
     print(promote(client, cfg))
     serve = f"mlflow models serve -m models:/{cfg.model_name}@{cfg.alias} --env-manager local"
     print(f"Serve it: MLFLOW_TRACKING_URI={cfg.tracking.uri} {serve}", flush=True)

@@ -73,8 +73,7 @@ def fit(cfg: DictConfig, data, reporter=None):
     from cxr.models import build_model
     from cxr.optimizers import build_optimizer
 
-    t = cfg.trainer
-    check_trainer(t)
+    t = cfg.trainer  # checked by train() before any work (check_trainer)
     if t.deterministic:
         backend.enable_determinism()
     keras.utils.set_random_seed(cfg.seed)

@@ -62,15 +62,18 @@ def predict_members(
     from omegaconf import OmegaConf
 
     splits = list(dict.fromkeys(splits))
-    per_member, first = [], None
+    first_size = model.spec.image_sizes[0]
+    by_size: dict[int, PreparedData] = {}  # members at one size share the table and the cache
+    per_member = []
     for member, size in zip(model.members, model.spec.image_sizes, strict=True):
-        cfg = OmegaConf.merge(dataset_cfg, {"image_size": size})
-        data = load_prepared(cfg, logged_split, split_source, warn=first is None)
-        if first is not None and any(not np.array_equal(first.rows[s], data.rows[s]) for s in splits):
-            raise CxrError(f"the {size}px cache has other readable images than the first member's")
-        first = first or data
-        per_member.append({s: p.scores for s, p in predict_splits(member, data, splits, batch_size).items()})
-    return per_member, first
+        if size not in by_size:
+            cfg = OmegaConf.merge(dataset_cfg, {"image_size": size})
+            by_size[size] = data = load_prepared(cfg, logged_split, split_source, warn=not by_size)
+            if any(not np.array_equal(by_size[first_size].rows[s], data.rows[s]) for s in splits):
+                raise CxrError(f"the {size}px cache has other readable images than the first member's")
+        scores = predict_splits(member, by_size[size], splits, batch_size)
+        per_member.append({s: p.scores for s, p in scores.items()})
+    return per_member, by_size[first_size]
 
 
 def combined(model, member_scores: list[dict[str, np.ndarray]], data: PreparedData) -> dict[str, Predictions]:
