@@ -82,14 +82,16 @@ def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, version, key, value)
 
 
-def _candidate(version, metric: str) -> Candidate | None:
+def _candidate(version, metric: str, aliases: tuple[str, ...] | None = None) -> Candidate | None:
+    """`aliases` when known otherwise (search results leave a version's aliases empty)."""
     tags = dict(version.tags or {})
     try:
         score = float(tags[metric])
     except (KeyError, ValueError):
         return None  # not registered by cxr, or never evaluated on validation
     run_id = tags.get(RUN_TAG) or version.run_id
-    aliases = tuple(getattr(version, "aliases", []) or [])
+    if aliases is None:
+        aliases = tuple(getattr(version, "aliases", []) or [])
     return Candidate(version.name, str(version.version), run_id, score, tags, aliases)
 
 
@@ -110,7 +112,7 @@ def ranked_versions(
     if not metric.startswith("val_"):
         raise CxrError(f"metric={metric!r}: rank on a validation metric, never on test")
     try:
-        client.get_registered_model(name)
+        model = client.get_registered_model(name)
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException as err:
         raise CxrError(f"no registered model {name!r} in the MLflow store: {err.message}") from None
@@ -121,9 +123,12 @@ def ranked_versions(
         wanted[EXPERIMENT_TAG] = experiment
     if kind is not None:
         wanted[KIND_TAG] = kind
+    aliases: dict[str, list[str]] = {}
+    for alias, number in (model.aliases or {}).items():
+        aliases.setdefault(str(number), []).append(alias)
     out = []
     for version in versions:
-        candidate = _candidate(client.get_model_version(name, version.version), metric)
+        candidate = _candidate(version, metric, tuple(sorted(aliases.get(str(version.version), []))))
         if candidate and all(candidate.tags.get(k) == v for k, v in wanted.items()):
             out.append(candidate)
     return sorted(out, key=lambda c: (-c.score, -int(c.version)))
