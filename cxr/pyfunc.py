@@ -91,14 +91,15 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         """(N, pathologies) for grey uint8 images of any size: each member sees them at its own size."""
         if not len(images):
             return np.empty((0, len(self.pathologies)), np.float32)
-        per_member = []
-        for member, size in zip(self.members, self.spec.image_sizes, strict=True):
-            scores = []
-            for start in range(0, len(images), batch_size):
-                batch = np.stack([resize(img, size) for img in images[start : start + batch_size]])
-                scores.append(np.asarray(member.predict_on_batch(batch[..., None])))
-            per_member.append(np.concatenate(scores))
-        return self.combine(per_member)
+        sizes = self.spec.image_sizes
+        per_member: list[list[np.ndarray]] = [[] for _ in self.members]
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            # each image resized once per input size, however many members share that size
+            batches = {size: np.stack([resize(img, size) for img in chunk])[..., None] for size in set(sizes)}
+            for scores, member, size in zip(per_member, self.members, sizes, strict=True):
+                scores.append(np.asarray(member.predict_on_batch(batches[size])))
+        return self.combine([np.concatenate(scores) for scores in per_member])
 
     def findings(self, scores: np.ndarray) -> list[list[str]]:
         """Per row, the pathologies at or above their validation-chosen thresholds."""
