@@ -2,19 +2,31 @@
 
 Format: one `.npy` file (N x size x size uint8) opened with mmap, so any batch is a slice read and
 the whole set never has to fit in memory (112,120 x 320 x 320 is 11.5 GB). A cache folder is named
-by a fingerprint of the image list and size. Work in progress lives in a `.partial` folder whose
-`done.npy` mask is written (atomically) only after the images it covers are flushed, so an
+by a fingerprint of the image list and size; beside the pixels, `files.npy` records for every row the
+file's size and modification time (ns) when it was read, and the source image's height and width.
+
+Content-keyed: every prepare (and every command that opens the cache) stats the files and re-reads,
+in place, the rows whose file changed since (a replaced or repaired image; a repaired one leaves the
+failure list), so one changed file never costs a rebuild of the whole set.
+
+Locked: building or updating a cache holds an exclusive `fcntl.flock` on `.<folder>.lock` beside it,
+so concurrent prepares, training runs or sweep workers on one cache take turns: the first builds, the
+others wait (saying so) and then find the rows done. Work in progress lives in a `.partial` folder
+whose row records are written (atomically) only after the pixels they vouch for are flushed, so an
 interrupted run resumes where it stopped and never leaves a cache that looks complete.
 Images that cannot be read are recorded with their reason, skipped, and reported; never dropped silently.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
-import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +35,12 @@ import numpy as np
 from cxr.errors import CxrError
 
 IMAGES_FILE = "images.npy"
-DONE_FILE = "done.npy"
-FAILURES_FILE = "failures.json"
+FILES_FILE = "files.npy"  # per row: file size, mtime_ns (as read), source height, width
 MANIFEST = "cache.json"
 CHUNK = 256  # images between two progress checkpoints
 MIN_PARALLEL = 128  # below this, starting worker processes costs more than it saves
+NOT_READ = -2  # a row's recorded file size before it is read: differs from every stat
+ABSENT = -1  # the recorded size and mtime of a file that does not exist
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class PreparedImages:
     images: np.ndarray  # (N, size, size) uint8, memory-mapped, aligned with the input paths
     failures: dict[int, str]  # row -> "path: reason" for images that could not be read
     folder: Path
+    source_shapes: np.ndarray | None = None  # (N, 2) height, width of each source image; 0 if unread
 
     def failure_report(self, limit: int | None = None) -> str:
         """'N image(s) could not be read' and one indented line per image (the first `limit`)."""
@@ -43,8 +57,24 @@ class PreparedImages:
         more = f"\n  ... and {len(reasons) - len(shown)} more" if len(shown) < len(reasons) else ""
         return f"{len(reasons)} image(s) could not be read:\n  " + "\n  ".join(shown) + more
 
+    def upscale_warning(self) -> str | None:
+        """A warning when the cache's size exceeds some source images' (they were enlarged), else None."""
+        if self.source_shapes is None:
+            return None
+        size = self.images.shape[1]
+        read = self.source_shapes.min(axis=1) > 0
+        small = read & (self.source_shapes.min(axis=1) < size)
+        if not small.any():
+            return None
+        smallest = int(self.source_shapes[read].min())
+        return (
+            f"{int(small.sum())} of {int(read.sum())} images are smaller than the {size}px cache "
+            f"(smallest side {smallest}px) and were enlarged; set dataset.image_size to at most "
+            "the source size unless you mean it"
+        )
 
-def _load_one(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str | None]:
+
+def _load_one(task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, tuple[int, int], str | None]:
     from cxr.data.images import read_image  # PIL: only where images are decoded
 
     row, path, size = task
@@ -56,6 +86,18 @@ def cache_key(paths: list[str], size: int) -> str:
     for p in paths:
         digest.update(p.encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def file_stats(paths: list[str]) -> np.ndarray:
+    """(N, 2) int64: each file's size and mtime_ns, (ABSENT, ABSENT) for a missing one: what keys a row."""
+    out = np.full((len(paths), 2), ABSENT, dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out[i] = st.st_size, st.st_mtime_ns
+    return out
 
 
 def _folder(cache_dir: str | os.PathLike, size: int, key: str) -> Path:
@@ -78,10 +120,61 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _checkpoint(partial: Path, images: np.ndarray, done: np.ndarray, failures: dict[int, str]) -> None:
-    images.flush()  # pixels reach the disk before the mask that vouches for them
-    _save_atomic(partial / DONE_FILE, lambda p: _save_npy(p, done))
-    _save_atomic(partial / FAILURES_FILE, lambda p: p.write_text(json.dumps(failures)))
+@contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Hold the exclusive lock on `folder`'s cache; wait for it, saying so, if another process has it.
+
+    The lock file stays (removing it would let two processes lock two different files); the kernel
+    drops the lock when its holder exits, however it exits.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"cxr: waiting for another process preparing {folder}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _manifest(size: int, count: int, key: str, failures: dict[int, str]) -> dict:
+    return {"size": size, "count": count, "key": key, "failures": failures}
+
+
+def _checkpoint(where: Path, images: np.ndarray, records: np.ndarray, manifest: dict) -> None:
+    images.flush()  # pixels reach the disk before the records that vouch for them
+    _save_atomic(where / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    _save_atomic(where / FILES_FILE, lambda p: _save_npy(p, records))
+
+
+def _open_rows(where: Path, count: int, size: int, create: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images r+, row records, failures) of the cache or partial cache in `where`.
+
+    A partial cache that is missing or of another shape is started afresh when `create` (only ever
+    under the lock); a published one without records (an older cxr's) gets every row re-read."""
+    shape = (count, size, size)
+    try:
+        images = np.load(where / IMAGES_FILE, mmap_mode="r+")
+        failures = _row_keys(json.loads((where / MANIFEST).read_text())["failures"])
+        if images.shape != shape:
+            raise ValueError("shape")
+    except (OSError, ValueError, KeyError):
+        if not create:
+            raise
+        where.mkdir(parents=True, exist_ok=True)
+        images = np.lib.format.open_memmap(where / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape)
+        failures = {}
+    try:
+        records = np.load(where / FILES_FILE)
+        if records.shape != (count, 4):
+            raise ValueError("shape")
+    except (OSError, ValueError):
+        records = np.zeros((count, 4), dtype=np.int64)
+        records[:, :2] = NOT_READ
+    return images, records, failures
 
 
 def _run(tasks: list[tuple[int, str, int]], workers: int):
@@ -92,40 +185,40 @@ def _run(tasks: list[tuple[int, str, int]], workers: int):
         yield from map(_load_one, tasks)
 
 
-def build(paths: list[str], size: int, folder: Path, key: str, workers: int) -> None:
-    """Fill (or resume filling) the cache for `paths`, then publish it under `folder`."""
+def fill(
+    where: Path, paths: list[str], size: int, key: str, stats: np.ndarray, workers: int, create: bool
+) -> int:
+    """(Re-)read into `where` every row whose file's `stats` differ from those it was read with.
+
+    Call under `build_lock`. Returns how many rows were read."""
     from tqdm import tqdm
 
-    partial = folder.with_name(f".{folder.name}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    shape = (len(paths), size, size)
-    try:
-        images = np.load(partial / IMAGES_FILE, mmap_mode="r+")
-        done = np.load(partial / DONE_FILE)
-        failures = _row_keys(json.loads((partial / FAILURES_FILE).read_text()))
-        if images.shape != shape or done.shape != (len(paths),):
-            raise ValueError("shape")
-    except (OSError, ValueError):
-        images = np.lib.format.open_memmap(partial / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape)
-        done, failures = np.zeros(len(paths), dtype=bool), {}
-    todo = [(int(i), paths[i], size) for i in np.flatnonzero(~done)]
-    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=f"prepare {size}px", unit="img")
-    for n, (row, arr, err) in enumerate(_run(todo, workers), start=1):
+    images, records, failures = _open_rows(where, len(paths), size, create)
+    todo = [(int(i), paths[i], size) for i in np.flatnonzero((records[:, :2] != stats).any(axis=1))]
+    if not todo:
+        return 0
+    desc = f"prepare {size}px" if create else f"update {size}px (changed files)"
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img")
+    for n, (row, arr, shape, err) in enumerate(_run(todo, workers), start=1):
         if err is None:
             images[row] = arr
+            failures.pop(row, None)
         else:
+            images[row] = 0  # a file that broke since keeps no stale pixels
             failures[row] = err
-        done[row] = True
+        records[row] = (*stats[row], *shape)
         bar.update()
         if n % CHUNK == 0:
-            _checkpoint(partial, images, done, failures)
+            _checkpoint(where, images, records, _manifest(size, len(paths), key, failures))
     bar.close()
-    _checkpoint(partial, images, done, failures)
-    del images
-    manifest = {"size": size, "count": len(paths), "key": key, "failures": failures}
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    (partial / DONE_FILE).unlink()
-    (partial / FAILURES_FILE).unlink()
+    _checkpoint(where, images, records, _manifest(size, len(paths), key, dict(sorted(failures.items()))))
+    return len(todo)
+
+
+def build(paths: list[str], size: int, folder: Path, key: str, workers: int, stats: np.ndarray) -> None:
+    """Fill (or resume filling) the cache for `paths`, then publish it under `folder`. Under the lock."""
+    partial = folder.with_name(f".{folder.name}.partial")
+    fill(partial, paths, size, key, stats, workers, create=True)
     os.replace(partial, folder)
 
 
@@ -142,20 +235,32 @@ def open_cache(folder: Path, count: int, size: int, key: str) -> PreparedImages:
     if found != expected:
         raise CxrError(f"image cache {folder} was built for {found}, not for this dataset {expected}; {fix}")
     if images.shape != (count, size, size) or images.dtype != np.uint8:
-        raise CxrError(f"image cache {folder} holds {images.dtype} {images.shape}, not uint8 "
-                       f"{(count, size, size)}; {fix}")
-    return PreparedImages(images, _row_keys(manifest["failures"]), folder)
+        raise CxrError(
+            f"image cache {folder} holds {images.dtype} {images.shape}, not uint8 "
+            f"{(count, size, size)}; {fix}"
+        )
+    try:
+        shapes = np.load(folder / FILES_FILE)[:, 2:]
+    except (OSError, ValueError):
+        shapes = None  # built outside prepare_images (a benchmark's synthetic cache)
+    return PreparedImages(images, _row_keys(manifest["failures"]), folder, shapes)
 
 
 def prepare_images(
     paths: list[str], size: int, cache_dir: str | os.PathLike, workers: int | None = None
 ) -> PreparedImages:
-    """The cached images for these files at this size, built (or resumed) on first use."""
+    """The cached images for these files at this size: built (or resumed) on first use, changed files
+    re-read, one process at a time."""
     if not paths:
         raise CxrError("no images to prepare: the dataset selection is empty")
     key = cache_key(paths, size)
     folder = _folder(cache_dir, size, key)
-    if not folder.is_dir():
-        build(paths, size, folder, key, workers or os.cpu_count() or 1)
+    stats = file_stats(paths)
+    workers = workers or os.cpu_count() or 1
+    with build_lock(folder):
+        if folder.is_dir():
+            open_cache(folder, len(paths), size, key)  # built for this list and size, or a CxrError
+            fill(folder, paths, size, key, stats, workers, create=False)
+        else:
+            build(paths, size, folder, key, workers, stats)
     return open_cache(folder, len(paths), size, key)
-

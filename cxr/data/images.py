@@ -47,9 +47,11 @@ def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
     return resize(read_grey(path), size)
 
 
-def read_image(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
-    """(pixels, None), or (None, "path: reason") for a file that cannot be read as an image."""
+def read_image(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, int], str | None]:
+    """(pixels, source (height, width), None), or (None, (0, 0), "path: reason") for a file that
+    cannot be read as an image (oversized ones included: PIL's DecompressionBombError)."""
     try:
-        return load_resized(path, size), None
+        pixels = read_grey(path)
+        return resize(pixels, size), pixels.shape, None
     except IMAGE_ERRORS as err:
-        return None, f"{path}: {type(err).__name__}: {err}"
+        return None, (0, 0), f"{path}: {type(err).__name__}: {err}"

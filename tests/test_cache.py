@@ -1,0 +1,101 @@
+"""The image cache under concurrency and change: real processes racing on one fresh cache behind a
+barrier, real files replaced, repaired, oversized or 16-bit."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr.config import SyntheticGeneratorConfig
+from cxr.data import cache
+from cxr.data.synthetic import ensure_dataset
+
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def synthetic_paths(tmp_path_factory) -> list[str]:
+    folder = ensure_dataset(
+        SyntheticGeneratorConfig(n_patients=120, resolution=48), tmp_path_factory.mktemp("syn") / "syn"
+    )
+    return sorted(str(p) for p in (folder / "images").iterdir())
+
+
+def _prepare_behind(barrier, paths: list[str], cache_dir: str, results) -> None:
+    """One competitor: wait for all, prepare; report whether it waited, the pixels' digest, black rows."""
+    err = io.StringIO()
+    barrier.wait()
+    with contextlib.redirect_stderr(err):
+        images = cache.prepare_images(paths, SIZE, cache_dir, workers=1).images
+    digest = hashlib.sha256(np.ascontiguousarray(images)).hexdigest()
+    black = int((images.reshape(len(images), -1).max(axis=1) == 0).sum())
+    results.put(("waiting for another process preparing" in err.getvalue(), digest, black))
+
+
+def test_concurrent_prepares_on_one_fresh_cache_lose_no_image(synthetic_paths, tmp_path):
+    n = 4
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_prepare_behind, args=(barrier, synthetic_paths, str(tmp_path / "cache"), results))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * n  # every process succeeded
+    outcomes = [results.get(timeout=10) for _ in procs]
+    single = cache.prepare_images(synthetic_paths, SIZE, tmp_path / "single", workers=1).images
+    digest = hashlib.sha256(np.ascontiguousarray(single)).hexdigest()
+    assert [o[1] for o in outcomes] == [digest] * n  # pixel-identical to a single-process build
+    assert [o[2] for o in outcomes] == [0] * n  # no row blacked out
+    assert sum(o[0] for o in outcomes) >= 1  # the race was real: someone found the cache being built
+
+
+def _copy_images(paths: list[str], folder: Path) -> list[str]:
+    folder.mkdir()
+    return [str(shutil.copy(p, folder / Path(p).name)) for p in paths]
+
+
+def test_changed_files_are_reread_in_place_and_a_repaired_file_leaves_the_failures(synthetic_paths, tmp_path):
+    paths = _copy_images(synthetic_paths[:40], tmp_path / "images")
+    first = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    original = Path(paths[3]).read_bytes()
+    Path(paths[3]).write_bytes(original[:60])  # broken after preparing (a bad copy)
+    Image.fromarray(np.full((48, 48), 222, np.uint8)).save(paths[5])  # replaced by another image
+    marker = np.load(first.folder / cache.IMAGES_FILE, mmap_mode="r+")
+    marker[7] = 99  # an unchanged file's row: a re-read would restore it, a rebuild would too
+    marker.flush()
+    del marker
+
+    second = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    assert second.folder == first.folder
+    assert list(second.failures) == [3] and second.failures[3].startswith(paths[3])
+    assert np.all(second.images[3] == 0)  # no stale pixels for the broken file
+    assert np.all(second.images[5] == 222)  # the replacement's pixels, not the old ones
+    assert np.all(second.images[7] == 99)  # unchanged files are not read again
+
+    Path(paths[3]).write_bytes(original)  # repaired
+    third = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    fresh = cache.prepare_images(paths, SIZE, tmp_path / "fresh", workers=1)
+    assert third.failures == {}  # the repaired file is no longer listed
+    np.testing.assert_array_equal(third.images[3], fresh.images[3])
+
+
+def test_a_missing_file_that_appears_later_is_read(synthetic_paths, tmp_path):
+    paths = _copy_images(synthetic_paths[:10], tmp_path / "images")
+    kept = Path(paths[2]).read_bytes()
+    Path(paths[2]).unlink()
+    assert list(cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1).failures) == [2]
+    Path(paths[2]).write_bytes(kept)
+    again = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    assert again.failures == {} and again.images[2].std() > 5
