@@ -26,6 +26,9 @@ def run(cfg: DictConfig) -> int:
     data = load_prepared(cfg.dataset, warn=False)
     seconds = time.perf_counter() - start
     cache = data.cache
+    upscaled = cache.upscale_warning()
+    if upscaled:
+        print(f"cxr: warning: {upscaled}", file=sys.stderr)
     print(f"\n{len(data.table)} images at {data.image_size}px in {cache.folder} ({seconds:.1f} s)")
     if cache.failures:
         print(f"{cache.failure_report()}\nThey are left out of training.")

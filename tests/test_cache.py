@@ -8,6 +8,7 @@ import hashlib
 import io
 import multiprocessing
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from cxr.config import SyntheticGeneratorConfig
 from cxr.data import cache
 from cxr.data.synthetic import ensure_dataset
+from tests.conftest import run_cli
 
 SIZE = 24
 
@@ -99,3 +101,64 @@ def test_a_missing_file_that_appears_later_is_read(synthetic_paths, tmp_path):
     Path(paths[2]).write_bytes(kept)
     again = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
     assert again.failures == {} and again.images[2].std() > 5
+
+
+def _write_blank_png(path: Path, width: int, height: int) -> None:
+    """A valid 8-bit grey PNG of any size, compressed row by row (never the whole image in memory)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    z, row, body = zlib.compressobj(9), b"\0" * (width + 1), []
+    body = [z.compress(row) for _ in range(height)] + [z.flush()]
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b"")
+    )
+
+
+def test_an_oversized_image_is_a_listed_failure(synthetic_paths, tmp_path):
+    paths = _copy_images(synthetic_paths[:5], tmp_path / "images")
+    _write_blank_png(Path(paths[1]), 14000, 14000)
+    prepared = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    assert list(prepared.failures) == [1] and "DecompressionBombError" in prepared.failures[1]
+
+
+def test_twelve_bit_data_in_a_16_bit_png_is_scaled_by_its_bit_depth(tmp_path):
+    ramp = np.tile(np.linspace(0, 4095, 32).round().astype(np.uint16), (32, 1))  # 12-bit detector values
+    Image.fromarray(ramp).save(tmp_path / "twelve.png")
+    with Image.open(tmp_path / "twelve.png") as img:
+        assert img.mode.startswith("I;16")  # a real 16-bit PNG
+    prepared = cache.prepare_images([str(tmp_path / "twelve.png")], 32, tmp_path / "cache", workers=1)
+    row = prepared.images[0, 0]
+    assert row[0] == 0 and row[-1] == 255  # full range, not black (4095 / 65535 would give at most 16)
+    np.testing.assert_array_equal(row, np.rint(ramp[0] * (255 / 4095)).astype(np.uint8))
+
+
+def _cli_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "dataset.generator.n_patients=30",
+        "dataset.generator.resolution=32",
+        f"dataset.root={tmp_path}/syn",
+        f"dataset.cache_dir={tmp_path}/cache",
+        f"hydra.run.dir={tmp_path}/hydra",
+        *extra,
+    ]
+
+
+def _generated(tmp_path: Path) -> Path:
+    """The synthetic set `cxr.prepare <_cli_args>` reads, generated ahead so a test can alter its files."""
+    from cxr.config import SyntheticDatasetConfig
+
+    cfg = SyntheticDatasetConfig(root=f"{tmp_path}/syn")
+    cfg.generator.n_patients, cfg.generator.resolution = 30, 32
+    return ensure_dataset(cfg.generator, cfg.root)
+
+
+def test_prepare_cli_lists_an_oversized_image_and_goes_on(tmp_path):
+    folder = _generated(tmp_path)
+    _write_blank_png(folder / "images" / "00000002_000.png", 14000, 14000)
+    out = run_cli("cxr.prepare", *_cli_args(tmp_path, "dataset.image_size=16"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 image(s) could not be read:" in out.stdout
+    assert "00000002_000.png: DecompressionBombError" in out.stdout

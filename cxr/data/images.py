@@ -17,12 +17,21 @@ IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 
 
+def bit_depth(pixels: np.ndarray) -> int:
+    """The bits an integer image's data actually uses: the fewest (at least 8) that hold its maximum.
+
+    PNG stores 10-, 12- and 14-bit detector data in 16-bit containers; dividing by 65535 would leave
+    12-bit data (0..4095) nearly black, so each image is scaled by the depth its values need."""
+    top = int(pixels.max(initial=0))
+    return max(8, top.bit_length())
+
+
 def to_grey(img: Image.Image) -> np.ndarray:
-    """8/16-bit grey, RGB or RGBA -> (H, W) uint8 grey; 16-bit data above 255 is scaled from 65535."""
+    """8/16-bit grey, RGB or RGBA -> (H, W) uint8 grey; wider-than-8-bit data is scaled by its bit depth."""
     if img.mode in _SIXTEEN_BIT:
-        arr = np.asarray(img, dtype=np.float32)
-        scale = 65535.0 if arr.max() > 255 else 255.0
-        return (arr * (255.0 / scale)).clip(0, 255).astype(np.uint8)
+        arr = np.asarray(img)
+        scale = np.float32(255.0 / (2 ** bit_depth(arr) - 1))
+        return np.rint(arr.astype(np.float32) * scale).clip(0, 255).astype(np.uint8)
     if img.mode != "L":
         img = img.convert("L")
     return np.asarray(img, dtype=np.uint8)
