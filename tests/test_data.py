@@ -128,6 +128,23 @@ def test_split_list_naming_unknown_images_is_an_error(tmp_path):
         load_table(split_cfg(root=str(folder), val_fraction=0.5))
 
 
+def test_an_empty_patient_id_names_the_file_and_line(tmp_path):
+    folder = _write_release(tmp_path, [*ROWS[:2], ("c_000.png", "Hernia", "")])
+    with pytest.raises(
+        CxrError, match=r"Data_Entry_2017.csv.gz, line 4: empty Patient ID for image 'c_000.png'"
+    ):
+        nih.load_release(folder)
+
+
+def test_a_patient_in_both_lists_is_named_with_both_lists(tmp_path):
+    folder = _write_release(tmp_path, [ROWS[0], ROWS[1], ("c_000.png", "Hernia", 1)])  # a and c: patient 1
+    out = run_cli("cxr.prepare", "dataset=nih", f"dataset.root={folder}", f"hydra.run.dir={tmp_path}/h")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert "patient 1 has images in both train_val_list.txt (a_000.png) and test_list.txt (c_000.png)" in (
+        out.stderr
+    )
+
+
 def test_selection_that_ends_empty_is_an_error(tmp_path):
     folder = _write_release(tmp_path, ROWS)
     (folder / "test_list.txt").write_text("")

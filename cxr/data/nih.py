@@ -94,6 +94,14 @@ def read_label_file(path: Path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
         raise CxrError(f"{path} lacks the column(s) {missing}; it has {list(raw.columns)}")
+    blank = raw["Patient ID"].isna() | (raw["Patient ID"].astype(str).str.strip() == "")
+    if blank.any():
+        row = int(np.flatnonzero(blank.to_numpy())[0])
+        raise CxrError(
+            f"{path}, line {row + 2}: empty Patient ID for image {raw['Image Index'].iloc[row]!r} "
+            f"({int(blank.sum())} such row(s)); every image needs its patient, or splits could put "
+            "one patient's images in two splits: fill it in or remove the row"
+        )
     dup = raw["Image Index"][raw["Image Index"].duplicated()]
     if len(dup):
         raise CxrError(f"{path}: {len(dup)} duplicate Image Index rows, first {dup.iloc[0]!r}")

@@ -73,6 +73,23 @@ def _check_known(names: list[str], known: pd.Series, list_name: str) -> None:
         )
 
 
+def _check_patients_in_one_list(meta: pd.DataFrame, train_val: list[str], test: list[str]) -> None:
+    """A patient with images in both lists would be trained on and tested on: name the first such one."""
+    in_test = meta["image_id"].isin(test)
+    in_train_val = meta["image_id"].isin(train_val) & ~in_test
+    shared = sorted(set(meta.loc[in_test, "patient_id"]) & set(meta.loc[in_train_val, "patient_id"]))
+    if shared:
+        patient = shared[0]
+        mine = meta["patient_id"] == patient
+        first_tv = meta.loc[mine & in_train_val, "image_id"].iloc[0]
+        first_test = meta.loc[mine & in_test, "image_id"].iloc[0]
+        raise CxrError(
+            f"patient {patient} has images in both train_val_list.txt ({first_tv}) and test_list.txt "
+            f"({first_test}) ({len(shared)} such patient(s)); the lists must split by patient: "
+            "move all of a patient's images into one list"
+        )
+
+
 @SPLITS.register("official")
 def official_split(
     meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
@@ -82,6 +99,7 @@ def official_split(
     _check_known(test, meta["image_id"], "test_list.txt")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise CxrError(f"dataset.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
+    _check_patients_in_one_list(meta, train_val, test)
     split = pd.Series(pd.NA, index=meta.index, dtype="object")
     split[meta["image_id"].isin(test)] = "test"
     in_train_val = meta["image_id"].isin(train_val) & split.isna()
@@ -115,7 +133,7 @@ def assign(
             "use more images or other fractions"
         )
     shared = meta.assign(split=split).dropna(subset=["split"]).groupby("patient_id")["split"].nunique()
-    if (shared > 1).any():  # a guard on the invariant, not a user error
+    if (shared > 1).any():  # a guard on the invariant (user lists are checked above), not a user error
         raise AssertionError(f"patients in two splits: {list(shared[shared > 1].index[:5])}")
     return split
 
