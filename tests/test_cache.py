@@ -162,3 +162,28 @@ def test_prepare_cli_lists_an_oversized_image_and_goes_on(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "1 image(s) could not be read:" in out.stdout
     assert "00000002_000.png: DecompressionBombError" in out.stdout
+
+
+def test_prepare_cli_warns_when_it_enlarges_images(tmp_path):
+    out = run_cli("cxr.prepare", *_cli_args(tmp_path, "dataset.image_size=48"))  # sources are 32 px
+    assert out.returncode == 0, out.stderr[-2000:]
+    n = len(list(_generated(tmp_path).glob("images/*.png")))
+    assert (
+        f"cxr: warning: {n} of {n} images are smaller than the 48px cache (smallest side 32px)" in out.stderr
+    )
+    same = run_cli("cxr.prepare", *_cli_args(tmp_path, "dataset.image_size=32"))
+    assert same.returncode == 0 and "smaller than" not in same.stderr
+
+
+def test_prepare_cli_warns_about_images_in_neither_official_list(tmp_path):
+    folder = _generated(tmp_path)
+    listed = (folder / "train_val_list.txt").read_text().split()
+    (folder / "train_val_list.txt").write_text("\n".join(listed[3:]))
+    args = ["dataset=nih", f"dataset.root={folder}", "dataset.image_size=16", "dataset.val_fraction=0.2"]
+    out = run_cli("cxr.prepare", *_cli_args(tmp_path, *args)[2:])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "cxr: warning: 3 of " in out.stderr
+    assert (
+        f"neither train_val_list.txt nor test_list.txt and are left out (first: {', '.join(listed[:3])})"
+        in (out.stderr)
+    )

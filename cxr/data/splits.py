@@ -9,6 +9,7 @@ positive images, assigning whole patients greedily, rarest findings first.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def _check_patients_in_one_list(meta: pd.DataFrame, train_val: list[str], test: 
         )
 
 
+def _warn_unlisted(meta: pd.DataFrame, train_val: list[str], test: list[str]) -> None:
+    """Images in the label file but in neither list are left out of the official split; say so."""
+    unlisted = meta.loc[~meta["image_id"].isin(train_val) & ~meta["image_id"].isin(test), "image_id"]
+    if len(unlisted):
+        print(
+            f"cxr: warning: {len(unlisted)} of {len(meta)} images in the label file are in neither "
+            f"train_val_list.txt nor test_list.txt and are left out (first: {', '.join(unlisted.iloc[:5])}); "
+            "add them to a list, or use dataset.split=random to split all images",
+            file=sys.stderr,
+        )
+
+
 @SPLITS.register("official")
 def official_split(
     meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
@@ -100,6 +113,7 @@ def official_split(
     if not 0.0 < cfg.val_fraction < 1.0:
         raise CxrError(f"dataset.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     _check_patients_in_one_list(meta, train_val, test)
+    _warn_unlisted(meta, train_val, test)
     split = pd.Series(pd.NA, index=meta.index, dtype="object")
     split[meta["image_id"].isin(test)] = "test"
     in_train_val = meta["image_id"].isin(train_val) & split.isna()
