@@ -200,6 +200,38 @@ def test_random_split_on_synthetic_data(tmp_path):
     assert splits.prevalence_deviation(release.metadata, split, release.pathologies).to_numpy().mean() <= 0.05
 
 
+def _positive_patients(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """Findings (rows) x splits (columns): how many patients with a positive image each split holds."""
+    positive = (table[list(NIH_PATHOLOGIES)] > 0).groupby(table["patient_id"]).any()
+    per_patient = positive.join(split.groupby(table["patient_id"]).first().rename("split"))
+    return per_patient.groupby("split").sum().T.reindex(columns=list(splits.SPLIT_NAMES), fill_value=0)
+
+
+def test_small_real_subsets_keep_a_positive_patient_of_each_finding_in_every_split(real_meta):
+    meta, _, _ = real_meta
+    cfg = split_cfg(split="random", split_fractions=[0.8, 0.1, 0.1])
+    for first in range(0, 3000, 150):  # 20 sets of 150 consecutive real patients (the old split failed 7)
+        subset = meta[meta["patient_id"].between(first + 1, first + 150)].reset_index(drop=True)
+        counts = _positive_patients(subset, splits.assign(subset, NIH_PATHOLOGIES, [], [], cfg))
+        enough = counts.sum(axis=1) >= 3
+        assert (counts[enough] > 0).all(axis=None), (first, counts[enough])
+
+
+def test_a_finding_with_three_positive_patients_gets_one_in_each_split():
+    rows = [
+        (f"{p:08d}_{i:03d}.png", p, 1 if p in (3, 9, 14) else 0)
+        for p in range(1, 21)
+        for i in range(1 + p % 3)
+    ]
+    table = pd.DataFrame(rows, columns=["image_id", "patient_id", "Hernia"])
+    for d in NIH_PATHOLOGIES[:-1]:
+        table[d] = (table["patient_id"] % 4 == 0).astype(np.uint8)
+    for seed in range(5):
+        cfg = split_cfg(split="random", split_fractions=[0.8, 0.1, 0.1], split_seed=seed)
+        counts = _positive_patients(table, splits.assign(table, NIH_PATHOLOGIES, [], [], cfg))
+        assert counts.loc["Hernia"].tolist() == [1, 1, 1]
+
+
 def test_bad_fractions_are_an_error(real_meta):
     meta, train_val, test = real_meta
     with pytest.raises(CxrError, match="sum to 1"):

@@ -3,7 +3,10 @@
 Patients carry different numbers of images and of positive images, so stratifying patient-level
 0/1 label vectors (what a library call does) leaves rare findings badly unbalanced at image level.
 `stratify_patients` instead balances, for every split, the image count and each finding's count of
-positive images, assigning whole patients greedily, rarest findings first.
+positive images, assigning whole patients greedily, rarest findings first; and when a finding's
+positive patients still to place are no more than the splits without one, the next goes to such a
+split, so every split gets a positive patient of each finding where there are enough (a finding
+absent from validation has no threshold).
 """
 
 from __future__ import annotations
@@ -47,10 +50,18 @@ def stratify_patients(
     rarity = np.where(counts[:, 1:] > 0, inv_totals[None, 1:], 0.0).max(axis=1)
     order = np.lexsort((rng.random(len(patients)), -counts[:, 0], -rarity))
     assignment = np.empty(len(patients), dtype=np.int64)
+    left = (counts[:, 1:] > 0).sum(axis=0)  # per finding: positive patients not yet placed
     for p in order:
         c = counts[p]
         need = (target - current) * inv_target  # share of each split's quota still open
-        split = int(np.argmax((need * (c * inv_totals)).sum(axis=1)))
+        score = (need * (c * inv_totals)).sum(axis=1)
+        # A finding is urgent when its positive patients still to place are no more than the splits
+        # without one: this patient must then go to such a split, or one will end without any.
+        lacking = current[:, 1:] == 0
+        urgent = (c[1:] > 0) & (left <= lacking.sum(axis=0))
+        covers = (lacking & urgent[None, :]).sum(axis=1)
+        split = int(np.argmax(np.where(covers == covers.max(), score, -np.inf)))
+        left -= c[1:] > 0
         assignment[p] = split
         current[split] += c
     return assignment[codes]
