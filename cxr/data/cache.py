@@ -127,8 +127,16 @@ def build_lock(folder: Path) -> Iterator[None]:
     The lock file stays (removing it would let two processes lock two different files); the kernel
     drops the lock when its holder exits, however it exits.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(f".{folder.name}.lock"), "a+b") as handle:
+    lock = folder.with_name(f".{folder.name}.lock")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+b")  # noqa: SIM115 (closed by the with below)
+    except OSError as err:
+        raise CxrError(
+            f"cannot create the image cache's lock {lock} ({err.strerror}); "
+            "make dataset.cache_dir writable or point it at a writable folder"
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -175,6 +183,17 @@ def _open_rows(where: Path, count: int, size: int, create: bool) -> tuple[np.nda
         records = np.zeros((count, 4), dtype=np.int64)
         records[:, :2] = NOT_READ
     return images, records, failures
+
+
+def _current(folder: Path, stats: np.ndarray) -> bool:
+    """Whether every row of a published cache was read from the file as it is now (`stats`).
+
+    Safe without the lock: an update in progress records a row only after its pixels are flushed."""
+    try:
+        records = np.load(folder / FILES_FILE)
+    except (OSError, ValueError):
+        return False
+    return records.shape == (len(stats), 4) and bool((records[:, :2] == stats).all())
 
 
 def _run(tasks: list[tuple[int, str, int]], workers: int):
@@ -256,6 +275,8 @@ def prepare_images(
     key = cache_key(paths, size)
     folder = _folder(cache_dir, size, key)
     stats = file_stats(paths)
+    if folder.is_dir() and _current(folder, stats):
+        return open_cache(folder, len(paths), size, key)  # nothing to do: no lock, works read-only
     workers = workers or os.cpu_count() or 1
     with build_lock(folder):
         if folder.is_dir():
