@@ -1,7 +1,8 @@
 """`python -m cxr.prepare`: resize the configured dataset once into the training cache.
 
 Same config as `cxr.train` (`dataset=nih dataset.root=... dataset.image_size=320`). Resumable:
-run it again after an interruption and it continues; run it on a complete cache and it only checks it.
+run it again after an interruption and it continues; run it on a complete cache and it only re-reads
+the files that changed. Concurrent runs on one cache take turns (cxr.data.cache's lock).
 """
 
 from __future__ import annotations

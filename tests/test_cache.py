@@ -6,8 +6,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import multiprocessing
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -18,7 +23,7 @@ from PIL import Image
 from cxr.config import SyntheticGeneratorConfig
 from cxr.data import cache
 from cxr.data.synthetic import ensure_dataset
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 SIZE = 24
 
@@ -61,6 +66,31 @@ def test_concurrent_prepares_on_one_fresh_cache_lose_no_image(synthetic_paths, t
     assert [o[1] for o in outcomes] == [digest] * n  # pixel-identical to a single-process build
     assert [o[2] for o in outcomes] == [0] * n  # no row blacked out
     assert sum(o[0] for o in outcomes) >= 1  # the race was real: someone found the cache being built
+
+
+def test_a_build_killed_with_sigkill_releases_the_lock_and_resumes(synthetic_paths, tmp_path):
+    paths_file = tmp_path / "paths.json"
+    paths_file.write_text(json.dumps(synthetic_paths))
+    code = (
+        "import json, sys; from cxr.data import cache; cache.CHUNK = 32; "  # checkpoints early, kill mid-way
+        "cache.prepare_images(json.loads(open(sys.argv[1]).read()), int(sys.argv[2]), sys.argv[3], workers=1)"
+    )
+    args = [str(paths_file), str(SIZE), str(tmp_path / "cache")]
+    child = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stderr=subprocess.DEVNULL)
+    name = f"{SIZE}px-{cache.cache_key(synthetic_paths, SIZE)}"
+    checkpoint = tmp_path / "cache" / f".{name}.partial" / cache.FILES_FILE
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)  # mid-build, holding the lock
+    assert child.wait() == -signal.SIGKILL
+    assert not (tmp_path / "cache" / name).exists()  # nothing published
+
+    done_before = int((np.load(checkpoint)[:, 0] != cache.NOT_READ).sum())
+    assert 0 < done_before < len(synthetic_paths)
+    resumed = cache.prepare_images(synthetic_paths, SIZE, tmp_path / "cache", workers=1)  # no wait, no hang
+    fresh = cache.prepare_images(synthetic_paths, SIZE, tmp_path / "fresh", workers=1)
+    np.testing.assert_array_equal(resumed.images, fresh.images)
 
 
 def _copy_images(paths: list[str], folder: Path) -> list[str]:
