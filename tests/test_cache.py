@@ -217,3 +217,17 @@ def test_prepare_cli_warns_about_images_in_neither_official_list(tmp_path):
         f"neither train_val_list.txt nor test_list.txt and are left out (first: {', '.join(listed[:3])})"
         in (out.stderr)
     )
+
+
+def test_a_cache_from_before_content_keys_is_reread_in_place(synthetic_paths, tmp_path):
+    paths = _copy_images(synthetic_paths[:20], tmp_path / "images")
+    built = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    expected = np.array(built.images)
+    (built.folder / cache.FILES_FILE).unlink()  # as an older cxr left it: no per-file records
+    pixels = np.load(built.folder / cache.IMAGES_FILE, mmap_mode="r+")
+    pixels[:] = 0  # so only a re-read brings the pixels back
+    pixels.flush()
+    del pixels
+    again = cache.prepare_images(paths, SIZE, tmp_path / "cache", workers=1)
+    assert again.folder == built.folder and again.failures == {}
+    np.testing.assert_array_equal(again.images, expected)

@@ -158,11 +158,18 @@ def _checkpoint(where: Path, images: np.ndarray, records: np.ndarray, manifest: 
     _save_atomic(where / FILES_FILE, lambda p: _save_npy(p, records))
 
 
+def _unread(count: int) -> np.ndarray:
+    records = np.zeros((count, 4), dtype=np.int64)
+    records[:, :2] = NOT_READ
+    return records
+
+
 def _open_rows(where: Path, count: int, size: int, create: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """(images r+, row records, failures) of the cache or partial cache in `where`.
 
-    A partial cache that is missing or of another shape is started afresh when `create` (only ever
-    under the lock); a published one without records (an older cxr's) gets every row re-read."""
+    A partial cache that is missing, unreadable or of another shape is started afresh (every row
+    unread) when `create` (only ever under the lock); a published one without records (an older
+    cxr's) gets every row re-read in place."""
     shape = (count, size, size)
     try:
         images = np.load(where / IMAGES_FILE, mmap_mode="r+")
@@ -174,14 +181,13 @@ def _open_rows(where: Path, count: int, size: int, create: bool) -> tuple[np.nda
             raise
         where.mkdir(parents=True, exist_ok=True)
         images = np.lib.format.open_memmap(where / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape)
-        failures = {}
+        return images, _unread(count), {}
     try:
         records = np.load(where / FILES_FILE)
         if records.shape != (count, 4):
             raise ValueError("shape")
     except (OSError, ValueError):
-        records = np.zeros((count, 4), dtype=np.int64)
-        records[:, :2] = NOT_READ
+        records = _unread(count)
     return images, records, failures
 
 
