@@ -267,6 +267,7 @@ class OptunaJobConfig:
     trial_id: int | None = None  # the storage's id of the trial
     trial_number: int | None = None  # the trial's number within its study
     parent_run_id: str | None = None  # the sweep's MLflow parent run
+    keep_models: int | None = None  # log the model only if the trial ranks among the best N so far
 
 
 # ---------------------------------------------------------------- top level

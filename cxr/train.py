@@ -22,6 +22,8 @@ from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
 
+MODEL_SKIPPED_TAG = "cxr.model_skipped"  # why a sweep trial's run has no logged model
+
 
 def check_optimized_metric(name: str) -> None:
     """Anything chosen (a sweep's best trial, an ensemble's members) is chosen on validation only."""
@@ -191,10 +193,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             )
         if (output_dir / "history.csv").is_file():
             mlflow.log_artifact(str(output_dir / "history.csv"))
-        if cfg.tracking.log_model:
+        objective = _objective(evaluation, cfg.optimized_metric)
+        if cfg.tracking.log_model and (reporter is None or reporter.keeps_model(objective)):
             with tracking.timed("log_model"):
                 log_model(cfg, model, data, evaluation, run_id, reporter)
-        objective = _objective(evaluation, cfg.optimized_metric)
+        elif cfg.tracking.log_model:
+            mlflow.set_tag(MODEL_SKIPPED_TAG, f"ranked below the study's best {reporter.keep_models} trials")
         mlflow.log_metric("time_run_s", time.perf_counter() - started)
     _print_summary(cfg, run_id, evaluation.metrics)
     return objective

@@ -146,11 +146,43 @@ def test_trial_evaluation_overrides_leave_keys_given_on_the_command_line_alone()
     assert best.trial_overrides(cheap, set()) == [
         "evaluation.bootstrap.resamples=0",
         "evaluation.plots=false",
+        "optuna.keep_models=10",
     ]
-    assert best.trial_overrides(cheap, {"evaluation.plots"}) == ["evaluation.bootstrap.resamples=0"]
+    assert best.trial_overrides(cheap, {"evaluation.plots", "optuna.keep_models"}) == [
+        "evaluation.bootstrap.resamples=0"
+    ]
     assert best.trials_lack_full_evaluation(cheap, full, set())
     given = {"evaluation.plots", "evaluation.bootstrap.resamples"}
     assert not best.trials_lack_full_evaluation(cheap, full, given)
+    for keep, best_trials in [(0, 0), (2, 3)]:
+        with pytest.raises(CxrError, match="keep_models"):
+            best.check_trial_evaluation(OmegaConf.create({"keep_models": keep, "best_trials": best_trials}))
+    best.check_trial_evaluation(OmegaConf.create({"keep_models": None, "best_trials": 3}))
+
+
+@pytest.mark.slow
+def test_a_trial_logs_its_model_only_while_it_ranks_among_the_best_kept(tmp_path, data_root):
+    """keep_models=1: a trial registers its model only if no earlier completed trial beat it."""
+    args = sweep_args(
+        tmp_path, data_root, "keep", "+sweep=core", "model=small_cnn", "hydra.sweeper.n_trials=4"
+    )
+    args = [a for a in args if a != "tracking.log_model=false"]
+    out = run_cli("cxr.train", *args, *REGISTER, "hydra.sweeper.trial_evaluation.keep_models=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = load(tmp_path, "keep").trials
+    kept = {
+        t.user_attrs["mlflow_run_id"]
+        for i, t in enumerate(trials)
+        if all(earlier.value <= t.value for earlier in trials[:i])
+    }
+    assert sorted(registered_runs(tmp_path)) == sorted(kept)
+    assert trials[0].user_attrs["mlflow_run_id"] in kept
+    _, children = runs(tmp_path)
+    for child in children:
+        skipped = child.data.tags.get("cxr.model_skipped")
+        assert (skipped is None) == (child.info.run_id in kept)
+        if skipped:
+            assert skipped == "ranked below the study's best 1 trials"
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.errors import CxrError
 from cxr.sweep.study import RUN_ID_ATTR
 
 if TYPE_CHECKING:
@@ -19,12 +20,28 @@ if TYPE_CHECKING:
 
 RESAMPLES_KEY = "evaluation.bootstrap.resamples"
 PLOTS_KEY = "evaluation.plots"
+KEEP_MODELS_KEY = "optuna.keep_models"
 
 
 def trial_overrides(trial_evaluation, given: set[str]) -> list[str]:
     """The overrides that give each trial the sweep's trial evaluation; a key given is left alone."""
-    wanted = {RESAMPLES_KEY: trial_evaluation.bootstrap_resamples, PLOTS_KEY: trial_evaluation.plots}
+    keep = trial_evaluation.keep_models
+    wanted = {
+        RESAMPLES_KEY: trial_evaluation.bootstrap_resamples,
+        PLOTS_KEY: trial_evaluation.plots,
+        KEEP_MODELS_KEY: "null" if keep is None else keep,
+    }
     return [f"{key}={str(value).lower()}" for key, value in wanted.items() if key not in given]
+
+
+def check_trial_evaluation(trial_evaluation) -> None:
+    """The trials re-evaluated at the end need their models, so they must be among those kept."""
+    keep, best = trial_evaluation.keep_models, trial_evaluation.best_trials
+    if keep is not None and (keep < 1 or best > keep):
+        raise CxrError(
+            f"hydra.sweeper.trial_evaluation.keep_models={keep}: keep at least 1 model and at least "
+            f"best_trials={best} (their models are re-evaluated at the end); null keeps every trial's model"
+        )
 
 
 def trials_lack_full_evaluation(trial_evaluation, evaluation: DictConfig, given: set[str]) -> bool:

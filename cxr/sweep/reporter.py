@@ -33,6 +33,7 @@ class TrialReporter:
         self.number: int = cfg_optuna.trial_number
         self.study_name: str = cfg_optuna.study_name
         self.parent_run_id: str | None = cfg_optuna.parent_run_id
+        self.keep_models: int | None = cfg_optuna.keep_models
         self.pruned_at: int | None = None  # the epoch after which the pruner stopped training
 
     def callback(self):
@@ -57,6 +58,25 @@ class TrialReporter:
                     self.model.stop_training = True
 
         return OptunaPruning()
+
+    def keeps_model(self, value: float) -> bool:
+        """Whether a trial ending with `value` ranks among the best `keep_models` completed trials so far.
+
+        Later trials can only push a trial down, so one outside them now is never among the best N at
+        the end (what the ensemble's top K and the sweep's best-trial re-evaluation read).
+        """
+        from optuna.study import StudyDirection
+        from optuna.trial import TrialState
+
+        if self.keep_models is None:
+            return True
+        if not math.isfinite(value):
+            return False
+        maximize = self.trial.study.direction == StudyDirection.MAXIMIZE
+        done = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        values = [t.value for t in done if t.value is not None]
+        better = sum(1 for v in values if (v > value if maximize else v < value))
+        return better < self.keep_models
 
     def record_run(self, run_id: str) -> None:
         """Store the job's MLflow run id on its trial (the sweep's summary names the best trial's run)."""

@@ -59,6 +59,7 @@ class CxrOptunaSweeper(Sweeper):
         import optuna
 
         s = self.settings
+        best.check_trial_evaluation(s.trial_evaluation)
         searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
