@@ -6,14 +6,13 @@ run it again after an interruption and it continues; run it on a complete cache 
 
 from __future__ import annotations
 
-import sys
 import time
 
 import hydra
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import exit_on_user_error
+from cxr.errors import exit_on_user_error, run_command
 
 register_configs()
 
@@ -41,4 +40,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)
