@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cxr.errors import CxrError
+
 
 def lock_path(guarded: Path) -> Path:
     """The lock file of `guarded`: `<name>.lock` in the same folder."""
@@ -19,7 +21,15 @@ def lock_path(guarded: Path) -> Path:
 @contextmanager
 def locked(guarded: Path) -> Iterator[None]:
     """Hold the exclusive lock of `guarded` for the block; other holders wait."""
-    with open(lock_path(guarded), "a") as handle:
+    lock = lock_path(guarded)
+    try:
+        handle = open(lock, "a")  # noqa: SIM115  (closed below, after the lock is released)
+    except OSError as err:
+        raise CxrError(
+            f"cannot create the lock file {lock} ({err.strerror}): the folder {lock.parent} must be "
+            "writable; make it so or choose another location"
+        ) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

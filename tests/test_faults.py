@@ -249,6 +249,16 @@ def test_a_read_only_store_folder_is_one_line_naming_it_at_once(tmp_path):
     assert took < 20  # SQLite alone retried for half a minute before failing
 
 
+def test_an_optuna_storage_in_a_read_only_folder_is_a_user_error_naming_it(tmp_path):
+    from cxr.errors import CxrError
+    from cxr.sweep.study import rdb_storage
+
+    folder = tmp_path / "mlruns"
+    folder.mkdir()
+    with read_only(folder), pytest.raises(CxrError, match=f"folder {folder} must be writable"):
+        rdb_storage(f"sqlite:///{folder}/optuna.db")
+
+
 @pytest.mark.slow  # imports Keras and logs a model
 def test_a_model_with_a_lambda_layer_is_refused_in_one_line_saying_why_and_what_to_do(tmp_path):
     import keras
