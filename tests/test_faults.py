@@ -109,7 +109,8 @@ def test_a_sigkilled_sweep_worker_s_grid_point_becomes_fail_and_is_run_again_by_
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert {t.params["loss"] for t in trials if t.state == TrialState.COMPLETE} == {"bce", "weighted_bce"}
-    assert "trial 0 stopped beating" in again.stderr and "running" not in again.stdout.splitlines()[-5]
+    (summary,) = [line for line in again.stdout.splitlines() if "study 'loss_screen':" in line]
+    assert "trial 0 stopped beating" in again.stderr and "running" not in summary
     run = client(tmp_path).get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "FAIL"
     assert (
