@@ -138,6 +138,7 @@ def test_a_sigkilled_training_run_is_ended_killed_by_the_next_cxr_train(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.backend  # SIGINT lands in the backend's fit loop
 def test_ctrl_c_mid_fit_ends_the_run_killed_with_one_line_and_exit_130(tmp_path):
     job = train_process(tmp_path, "trainer.epochs=500")
     try:
@@ -261,6 +262,7 @@ def test_an_optuna_storage_in_a_read_only_folder_is_a_user_error_naming_it(tmp_p
 
 
 @pytest.mark.slow  # imports Keras and logs a model
+@pytest.mark.backend
 def test_a_model_with_a_lambda_layer_is_refused_in_one_line_saying_why_and_what_to_do(tmp_path):
     import keras
     import mlflow
