@@ -288,3 +288,49 @@ def test_a_model_with_a_lambda_layer_is_refused_in_one_line_saying_why_and_what_
     (line,) = [x for x in out.stderr.splitlines() if x.startswith("cxr: error:")]
     assert "member_0.keras was refused by Keras's safe mode" in line and "Lambda" in line
     assert "Traceback" not in out.stderr
+
+
+JOB = """
+import sys, time
+from omegaconf import OmegaConf
+from cxr.config import OptunaJobConfig
+from cxr.sweep.reporter import open_reporter
+url, trial_id = sys.argv[1], int(sys.argv[2])
+job = OptunaJobConfig(storage=url, study_name="beat", trial_id=trial_id, trial_number=0)
+with open_reporter(OmegaConf.structured(job)).heartbeat():
+    print("beating", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_trial_beats_from_the_process_that_runs_it_and_once_that_dies_is_failed_and_queued_again(tmp_path):
+    """The job's side alone, in its own process as a joblib worker runs it: no sweeper beats for it."""
+    from optuna.distributions import FloatDistribution
+
+    from cxr.sweep.settings import CxrOptunaSweeperConf
+    from cxr.sweep.study import create_or_join
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = OmegaConf.structured(
+        CxrOptunaSweeperConf(study_name="beat", heartbeat_interval=1, grace_period=2)
+    )
+    searched = {"x": FloatDistribution(0.0, 1.0)}
+    study, _ = create_or_join(settings, url, searched)
+    trial = study.ask(searched)
+    job = subprocess.Popen(
+        [sys.executable, "-c", JOB, url, str(trial._trial_id)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert job.stdout.readline().strip() == "beating"
+        time.sleep(3)  # past the grace period, but the job beats
+        optuna.storages.fail_stale_trials(study)
+        assert study.trials[0].state == TrialState.RUNNING
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    time.sleep(3)
+    optuna.storages.fail_stale_trials(study)
+    first, again = study.trials
+    assert first.state == TrialState.FAIL
+    assert again.state == TrialState.WAITING and again.params == first.params
+    assert again.system_attrs["failed_trial"] == 0
