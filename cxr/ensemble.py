@@ -148,7 +148,12 @@ def build(cfg: DictConfig) -> dict[str, float]:
             mlflow.log_text(table.to_csv(float_format="%.6g"), f"evaluation/{split}_members_per_disease.csv")
         info = pyfunc.log_model(model.members, spec, registered_model_name=name)
         tags = model_registry.version_tags(
-            evaluation.metrics, run_id, spec, split_digest(data.table), cfg.tracking.experiment_name
+            evaluation.metrics,
+            run_id,
+            spec,
+            split_digest(data.table),
+            cfg.tracking.experiment_name,
+            run_name=mlflow.active_run().info.run_name,
         )
         tags["members"] = ",".join(f"{cfg.model_name}/{c.version}" for c in candidates)
         model_registry.tag_version(client, name, str(info.registered_model_version), tags)

@@ -21,6 +21,7 @@ RUN_TAG = "run_id"
 STUDY_TAG = "optuna.study_name"
 TRIAL_TAG = "optuna.trial_number"
 EXPERIMENT_TAG = "experiment"
+RUN_NAME_TAG = "run_name"  # also the version's description, so the UI's version list says what each is
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,11 @@ def version_tags(
     experiment: str,
     study: str | None = None,
     trial: int | None = None,
+    run_name: str | None = None,
 ) -> dict[str, str]:
     """The tags a new version gets (spec is the model's cxr.pyfunc.ModelSpec)."""
     tags = {
+        **({RUN_NAME_TAG: run_name} if run_name else {}),
         KIND_TAG: spec.kind,
         RUN_TAG: run_id,
         EXPERIMENT_TAG: experiment,
@@ -80,6 +83,8 @@ def tag_run_versions(client, name: str, run_id: str, metrics: dict[str, float]) 
 def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    if RUN_NAME_TAG in tags:
+        client.update_model_version(name, version, description=f"from run {tags[RUN_NAME_TAG]}")
 
 
 def _candidate(version, metric: str, aliases: tuple[str, ...] | None = None) -> Candidate | None:

@@ -112,14 +112,21 @@ def tracked_run(
     finished -> FINISHED; an exception -> FAILED with tag `cxr.error`; optuna.TrialPruned -> KILLED;
     Ctrl-C -> KILLED. For a sweep trial (`reporter`, the job's Optuna trial) the run is a child of the
     sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
+
+    The name: `tracking.run_name` if set; a trial's `<study>-trial-<n>`; else `run_name` (or one
+    `cxr.naming` makes from the config and overrides) with a unique suffix.
     """
+    from cxr import naming
     from cxr.sweep.reporter import STATE_TAG
 
     configure(cfg.tracking)
-    options: dict[str, Any] = {"run_name": cfg.tracking.run_name or run_name}
+    given = cfg.tracking.run_name
+    options: dict[str, Any] = {
+        "run_name": given or (naming.unique(run_name) if run_name else naming.run_name(cfg, overrides))
+    }
     if reporter is not None:
         options = {
-            "run_name": cfg.tracking.run_name or f"{reporter.study_name}-trial-{reporter.number}",
+            "run_name": given or f"{reporter.study_name}-trial-{reporter.number}",
             "parent_run_id": reporter.parent_run_id,
             "tags": {"optuna.study_name": reporter.study_name, "optuna.trial_number": str(reporter.number)},
         }

@@ -116,6 +116,7 @@ def fit(cfg: DictConfig, data, reporter=None):
 def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=None) -> None:
     """Log the trained model as cxr's pyfunc and, when a name is configured, register a version
     tagged with what ranking, ensembling and prediction need."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from cxr import model_registry, pyfunc
@@ -142,6 +143,7 @@ def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=No
             cfg.tracking.experiment_name,
             study=reporter.study_name if reporter is not None else None,
             trial=reporter.number if reporter is not None else None,
+            run_name=mlflow.active_run().info.run_name,
         )
         client = MlflowClient(cfg.tracking.uri)
         model_registry.tag_version(client, name, str(info.registered_model_version), tags)
