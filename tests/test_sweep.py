@@ -505,3 +505,13 @@ def test_hydra_finds_the_sweeper_without_importing_optuna_or_mlflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["[]", "True", "True"]
+
+
+def test_the_study_names_its_objective_for_optuna_dashboard(tmp_path):
+    from cxr.sweep.settings import CxrOptunaSweeperConf
+    from cxr.sweep.study import create_or_join
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="named"))
+    create_or_join(settings, url, {"x": FloatDistribution(0.0, 1.0)}, "val_auc_mean")
+    assert load(tmp_path, "named").metric_names == ["val_auc_mean"]  # not "Objective 0"

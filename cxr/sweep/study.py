@@ -107,11 +107,14 @@ def build_sampler(settings: Mapping[str, Any], searched: dict) -> optuna.sampler
     raise CxrError(f"hydra.sweeper.sampler.name={name!r}: choose tpe, random or grid")
 
 
-def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bool]:
+def create_or_join(
+    settings, url: str, searched: dict, metric_name: str | None = None
+) -> tuple[optuna.Study, bool]:
     """The study `settings.study_name` in the storage at `url`, and whether this call created it.
 
     Creating a study is atomic in the storage, so of several workers starting together exactly one
-    gets True. Either way the study records the pruner's settings and the monitored metric for jobs.
+    gets True. Either way the study records the pruner's settings and the monitored metric for jobs,
+    and `metric_name` (what the trials return) names the objective for optuna-dashboard.
     """
     import optuna
 
@@ -143,4 +146,6 @@ def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bo
             ) from None
     study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(settings.pruner))
     study.set_user_attr(MONITOR_ATTR, settings.monitor)
+    if metric_name:
+        study.set_metric_names([metric_name])
     return study, created

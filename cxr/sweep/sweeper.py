@@ -65,7 +65,7 @@ class CxrOptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         url = storage_url(s.storage)
-        study, created = create_or_join(s, url, searched)
+        study, created = create_or_join(s, url, searched, self.config.get("optimized_metric"))
         parent = ParentRun.open(self.config.tracking, study, created, searched, s, url)
         grid = space.grid(searched) if s.sampler.name == "grid" else None
         given = {*fixed, *searched}
