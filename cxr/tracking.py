@@ -14,6 +14,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.errors import CxrError
+from cxr.masking import mask, mask_values
 
 _KERAS_RENAMES = {"loss": "train_loss", "learning_rate": "lr"}
 
@@ -45,7 +46,7 @@ def configure(cfg) -> str:
         else:
             experiment_id = experiment.experiment_id
     except mlflow.exceptions.MlflowException as err:
-        raise CxrError(f"MLflow store {cfg.uri} is not usable: {err}") from None
+        raise CxrError(f"MLflow store {mask(cfg.uri)} is not usable: {err}") from None
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -62,10 +63,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_params(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat MLflow params (`trainer.optimizer.learning_rate` ...)."""
+    """The resolved config as flat MLflow params (`trainer.optimizer.learning_rate` ...), URL passwords
+    masked."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("output_dir", None)
-    return flatten(tree)
+    return mask_values(flatten(tree))
 
 
 def git_commit() -> str | None:
@@ -83,7 +85,7 @@ def git_commit() -> str | None:
 
 
 def run_tags(overrides: list[str]) -> dict[str, str]:
-    tags = {"hydra.overrides": " ".join(overrides) if overrides else "(none)"}
+    tags = {"hydra.overrides": mask(" ".join(overrides)) if overrides else "(none)"}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -136,7 +138,7 @@ def tracked_run(
             reporter.record_run(run.info.run_id)
         mlflow.set_tags(run_tags(overrides))
         mlflow.log_params(config_params(cfg))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        mlflow.log_text(mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         yield run.info.run_id
     except BaseException as err:
         status, state = _ending(err)
@@ -204,5 +206,5 @@ def logged_run_inputs(run_id: str) -> tuple[DictConfig, Any]:
 def ui_command(uri: str) -> str:
     """How to look at the runs: a local store needs `mlflow ui`, a server is already one."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask(uri)}"
+    return f"mlflow ui --backend-store-uri {mask(uri)}"

@@ -204,10 +204,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
 
 def _print_summary(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> None:
     from cxr import tracking
+    from cxr.masking import mask
     from cxr.reporting import validation_and_test_line
 
     experiment = cfg.tracking.experiment_name
-    print(f"\nMLflow run {run_id} (experiment {experiment!r}, store {cfg.tracking.uri})")
+    print(f"\nMLflow run {run_id} (experiment {experiment!r}, store {mask(cfg.tracking.uri)})")
     print(validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence))
     print(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}", flush=True)
 

@@ -515,3 +515,47 @@ def test_the_study_names_its_objective_for_optuna_dashboard(tmp_path):
     settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="named"))
     create_or_join(settings, url, {"x": FloatDistribution(0.0, 1.0)}, "val_auc_mean")
     assert load(tmp_path, "named").metric_names == ["val_auc_mean"]  # not "Objective 0"
+
+
+SECRET = "s3cretXYZ"
+
+
+@pytest.mark.slow
+def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_console(tmp_path, data_root):
+    """SQLite takes (and ignores) unknown URI parameters, so a real sweep runs on a URL with a password."""
+    import sqlite3
+
+    url = f"sqlite:///file:{tmp_path}/optuna.db?uri=true&password={SECRET}"
+    args = [a for a in sweep_args(tmp_path, data_root, "masked") if not a.startswith("hydra.sweeper.storage")]
+    out = run_cli(
+        "cxr.train",
+        *args,
+        f"hydra.sweeper.storage='{url}'",
+        "hydra/sweeper=cxr_optuna",
+        "hydra.sweeper.n_trials=2",
+        "seed=choice(1,2)",
+        "hydra.sweeper.trial_evaluation.best_trials=0",
+        *REGISTER,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(load(tmp_path, "masked").trials) == 2
+    store = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")
+    dump = "\n".join(store.iterdump())
+    assert "password=***" in dump  # the storage is logged (tag, params, overrides), masked
+    assert SECRET not in dump
+    artifacts = [p for p in (tmp_path / "mlruns" / "artifacts").rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in artifacts)
+    assert not [p for p in artifacts if SECRET.encode() in p.read_bytes()]
+    assert "Launching 1 jobs locally" in out.stdout and "password=***" in out.stdout
+    assert SECRET not in out.stdout + out.stderr
+
+
+def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):
+    from cxr import tracking
+
+    cfg = compose_cfg(["tracking.uri=http://user:s3cret@mlflow.example:5000", f"output_dir={tmp_path}"])
+    params = tracking.config_params(cfg)
+    assert params["tracking.uri"] == "http://user:***@mlflow.example:5000"
+    assert tracking.run_tags(["optuna.storage='postgresql://u:s3cret@db/x'"])["hydra.overrides"] == (
+        "optuna.storage='postgresql://u:***@db/x'"
+    )

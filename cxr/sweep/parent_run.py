@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR, safe_url
+from cxr.masking import mask
+from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; both are imported on use
     import optuna
@@ -120,7 +121,7 @@ def _create(client: MlflowClient, experiment_id: str, searched: dict, settings, 
     run = client.create_run(
         experiment_id,
         run_name=f"sweep-{settings.study_name}",
-        tags={"cxr.sweep": "true", "optuna.study_name": settings.study_name, "optuna.storage": safe_url(url)},
+        tags={"cxr.sweep": "true", "optuna.study_name": settings.study_name, "optuna.storage": mask(url)},
     )
     run_id = run.info.run_id
     params = {f"space.{k}": repr(v) for k, v in searched.items()}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from cxr.errors import CxrError
+from cxr.masking import mask
 from cxr.sweep import space
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
@@ -31,16 +32,6 @@ RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 def storage_url(setting: str | None) -> str:
     """`hydra.sweeper.storage`, or the default SQLite file next to the local MLflow store."""
     return setting or DEFAULT_STORAGE
-
-
-def safe_url(url: str) -> str:
-    """The storage URL without its password, for logs and tags."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -61,7 +52,7 @@ def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
                 or "UNIQUE constraint" not in str(err)
                 and "already exists" not in str(err)
             ):
-                raise CxrError(f"Optuna storage {url!r} is not usable: {err}") from None
+                raise CxrError(mask(f"Optuna storage {url!r} is not usable: {err}")) from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -118,8 +109,9 @@ def create_or_join(
     """
     import optuna
 
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("sqlite:///"):  # a file path, or an SQLite URI `file:<path>?<parameters>`
+        path = url[len("sqlite:///") :].split("?")[0].removeprefix("file:")
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     storage = rdb_storage(url)
     sampler = build_sampler(settings.sampler, searched)
     pruner = build_pruner(settings.pruner)

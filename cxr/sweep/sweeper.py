@@ -21,9 +21,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.errors import CxrError, exit_on_user_error
+from cxr.masking import mask
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
-from cxr.sweep.study import RUN_ID_ATTR, create_or_join, safe_url, storage_url
+from cxr.sweep.study import RUN_ID_ATTR, create_or_join, storage_url
 
 if TYPE_CHECKING:
     import optuna
@@ -70,7 +71,7 @@ class CxrOptunaSweeper(Sweeper):
         grid = space.grid(searched) if s.sampler.name == "grid" else None
         given = {*fixed, *searched}
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + best.trial_overrides(s.trial_evaluation, given)
-        print(f"[cxr sweep] study {s.study_name!r} in {safe_url(url)}: {len(study.trials)} trials so far")
+        print(f"[cxr sweep] study {s.study_name!r} in {mask(url)}: {len(study.trials)} trials so far")
 
         deadline = time.monotonic() + s.timeout if s.timeout else None
         ran = 0
@@ -205,4 +206,4 @@ class CxrOptunaSweeper(Sweeper):
             print(f"[cxr sweep] best trial {best.number}: value {best.value:.4f} with {chosen}")
             print(f"[cxr sweep] best trial's MLflow run: {best.user_attrs.get(RUN_ID_ATTR)}")
         print(f"[cxr sweep] MLflow parent run: {parent.run_id}; {parent.ui_command()}")
-        print(f"[cxr sweep] the study itself: optuna-dashboard {safe_url(url)}", flush=True)
+        print(f"[cxr sweep] the study itself: optuna-dashboard {mask(url)}", flush=True)
