@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from cxr import metric_names
+
 
 # ---------------------------------------------------------------- dataset
 @dataclass
@@ -281,7 +283,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     optuna: OptunaJobConfig = field(default_factory=OptunaJobConfig)
     seed: int = 42
-    optimized_metric: str = "val_auc_mean"  # what cxr.train returns to a sweep; a validation metric
+    optimized_metric: str = metric_names.OPTIMIZED  # what cxr.train returns to a sweep: val/auc_mean
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
 
@@ -325,7 +327,7 @@ class PromoteConfig:
     version: int | None = None  # null: show the champion and the top candidates, change nothing
     force: bool = False  # promote even if the version does not beat the current champion
     alias: str = "champion"
-    metric: str = "val_auc_mean"  # the validation metric versions are compared by
+    metric: str = metric_names.RANK  # the validation metric versions are compared by: val/auc_mean
     top: int = 10  # how many candidates the table shows
     tracking: TrackingConfig = MISSING
 

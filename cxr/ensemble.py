@@ -53,7 +53,7 @@ def select_members(client, cfg: DictConfig) -> list:
         raise CxrError(f"top_k={cfg.top_k}: an ensemble needs at least one member")
     if not ranked:
         raise CxrError(
-            f"no version of {cfg.model_name!r} matches (kind single, with a val_auc_mean tag"
+            f"no version of {cfg.model_name!r} matches (kind single, with a {model_registry.RANK_METRIC} tag"
             + "".join(f", {k}={v}" for k, v in (("study", cfg.study), ("experiment", cfg.experiment)) if v)
             + "); train with tracking.registered_model_name set"
         )
@@ -106,7 +106,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
         weights=[w * mw for w, m in zip(weights, loaded, strict=True) for mw in m.spec.weights],
         kind="ensemble",
         members=[
-            {"version": c.version, "run_id": c.run_id, "val_auc_mean": c.score, "weight": w}
+            {"version": c.version, "run_id": c.run_id, model_registry.RANK_METRIC: c.score, "weight": w}
             for c, w in zip(candidates, weights, strict=True)
         ],
     )

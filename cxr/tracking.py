@@ -13,10 +13,9 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from cxr import metric_names
 from cxr.errors import CxrError
 from cxr.masking import mask, mask_values
-
-_KERAS_RENAMES = {"loss": "train_loss", "learning_rate": "lr"}
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -155,22 +154,16 @@ def tracked_run(
 
 @contextmanager
 def timed(phase: str) -> Iterator[None]:
-    """Log the wall time of the block as the metric `time_<phase>_s` of the active run (when it ends
+    """Log the wall time of the block as the metric `time/<phase>_s` of the active run (when it ends
     without an exception): where a run's time went, beside its epochs (`bench/trial_overhead.py`)."""
     start = time.perf_counter()
     yield
-    mlflow.log_metric(f"time_{phase}_s", time.perf_counter() - start)
-
-
-def keras_metric_name(name: str) -> str:
-    if name in _KERAS_RENAMES:
-        return _KERAS_RENAMES[name]
-    return name if name.startswith("val_") else f"train_{name}"
+    mlflow.log_metric(metric_names.timing(phase), time.perf_counter() - start)
 
 
 def epoch_logger():
     """A Keras callback that logs every epoch's training and validation metrics and its duration
-    (`time_epoch_s`) to the active run."""
+    (`time/epoch_s`) to the active run, under `train/` and `val/` names."""
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
@@ -178,8 +171,9 @@ def epoch_logger():
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            metrics = {keras_metric_name(k): float(v) for k, v in (logs or {}).items()}
-            metrics["time_epoch_s"] = time.perf_counter() - self.started  # the first one traces the graphs
+            metrics = {metric_names.from_keras(k): float(v) for k, v in (logs or {}).items()}
+            # the first epoch's time includes tracing the graphs
+            metrics[metric_names.timing("epoch")] = time.perf_counter() - self.started
             if metrics:
                 mlflow.log_metrics(metrics, step=epoch)
 

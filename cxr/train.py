@@ -1,6 +1,6 @@
 """`python -m cxr.train`: one training run from the composed config, tracked in MLflow.
 
-Returns the configured `optimized_metric` (default val_auc_mean), the value sweeps optimise.
+Returns the configured `optimized_metric` (default val/auc_mean), the value sweeps optimise.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cxr import metric_names as mn
 from cxr.backend import check_trainer
 from cxr.config import CONF_DIR, register_configs
 from cxr.errors import CxrError, exit_on_user_error
@@ -25,11 +26,9 @@ register_configs()
 
 def check_optimized_metric(name: str) -> None:
     """Anything chosen (a sweep's best trial, an ensemble's members) is chosen on validation only."""
-    if not name.startswith("val_"):
-        raise CxrError(
-            f"optimized_metric={name!r}: choose a validation metric (val_auc_mean, val_auprc_mean, ...); "
-            "selecting on test results would leak the test set into the choice"
-        )
+    mn.check_validation(
+        name, "optimized_metric", "selecting on test results would leak the test set into the choice"
+    )
 
 
 def _fail_on_nan_loss(history) -> None:
@@ -46,17 +45,17 @@ def _stop_if_pruned(reporter) -> None:
         import mlflow
         import optuna
 
-        mlflow.log_metric("pruned_at_epoch", reporter.pruned_at)
+        mlflow.log_metric(mn.PRUNED_AT_EPOCH, reporter.pruned_at)
         raise optuna.TrialPruned(f"trial {reporter.number} pruned after epoch {reporter.pruned_at + 1}")
 
 
 def _objective(evaluation, name: str) -> float:
     if name not in evaluation.metrics:
-        per_disease = tuple(f"_{p}" for p in evaluation.pathologies)
-        known = sorted(k for k in evaluation.metrics if k.startswith("val_") and not k.endswith(per_disease))
+        prefix = mn.split_metric(mn.VAL, "")
+        known = sorted(k for k in evaluation.metrics if k.startswith(prefix) and k.count(mn.SEP) == 1)
         raise CxrError(
             f"optimized_metric={name!r} is not among the run's metrics; choose one of {', '.join(known)} "
-            "or a per-disease one such as val_auc_<pathology>"
+            f"or a per-disease one such as {mn.per_disease(mn.VAL, 'auc', '<pathology>')}"
         )
     return evaluation.metrics[name]
 
@@ -175,12 +174,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.reporting import evaluate_predictions, log_evaluation
 
     with tracking.tracked_run(cfg, overrides or [], reporter) as run_id:
-        mlflow.log_metric("time_load_data_s", load_seconds)
+        mlflow.log_metric(mn.timing("load_data"), load_seconds)
         mlflow.log_artifact(str(write_split_csv(data.table, output_dir / "split.csv")))
-        mlflow.log_metrics({f"n_{s}_images": float(len(r)) for s, r in data.rows.items()})
+        mlflow.log_params({f"data.n_{s}_images": len(r) for s, r in data.rows.items()})  # constant: no chart
         with tracking.timed("fit"):
             model, history = fit(cfg, data, reporter)
-        mlflow.log_metric("epochs_trained", len(history.epoch))
+        mlflow.log_metric(mn.EPOCHS_TRAINED, len(history.epoch))
         _fail_on_nan_loss(history)
         _stop_if_pruned(reporter)
         with tracking.timed("predict"):
@@ -197,7 +196,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
             with tracking.timed("log_model"):
                 log_model(cfg, model, data, evaluation, run_id, reporter)
         objective = _objective(evaluation, cfg.optimized_metric)
-        mlflow.log_metric("time_run_s", time.perf_counter() - started)
+        mlflow.log_metric(mn.timing("run"), time.perf_counter() - started)
     _print_summary(cfg, run_id, evaluation.metrics)
     return objective
 

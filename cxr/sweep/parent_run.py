@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
+from cxr import metric_names
 from cxr.masking import mask
 from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR
 
@@ -68,11 +69,11 @@ class ParentRun:
         step = len(trials)
         for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             count = sum(t.state == state for t in trials)
-            self.client.log_metric(self.run_id, f"trials_{state.name.lower()}", count, step=step)
+            self.client.log_metric(self.run_id, metric_names.trials(state.name.lower()), count, step=step)
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return
         best = study.best_trial
-        self.client.log_metric(self.run_id, "best_value", best.value, step=step)
+        self.client.log_metric(self.run_id, metric_names.BEST_VALUE, best.value, step=step)
         self.client.set_tag(self.run_id, "best_trial", str(best.number))
         self.client.set_tag(self.run_id, "best_run_id", str(best.user_attrs.get(RUN_ID_ATTR)))
         for key, value in best.params.items():
@@ -94,6 +95,8 @@ def summary_table(study: optuna.Study, by: list[str], direction: str) -> pd.Data
     """Mean, standard deviation and count of the value per group of completed trials, best first:
     seed noise next to differences. None when no completed trial has any of the `by` parameters."""
     frame = study.trials_dataframe(attrs=("number", "value", "params", "state"))
+    # a named objective (study.set_metric_names) is the column value_<name>
+    frame = frame.rename(columns={f"value_{n}": "value" for n in study.metric_names or []})
     if frame.empty:
         return None
     frame = frame[frame["state"] == "COMPLETE"]

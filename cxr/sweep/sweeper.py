@@ -20,6 +20,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from cxr import metric_names
 from cxr.errors import CxrError, exit_on_user_error
 from cxr.masking import mask
 from cxr.sweep import best, space
@@ -60,6 +61,7 @@ class CxrOptunaSweeper(Sweeper):
         import optuna
 
         s = self.settings
+        metric_names.check_spelling(s.monitor, "hydra.sweeper.monitor")
         searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
