@@ -89,6 +89,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
     from cxr import model_registry, pyfunc, tracking
     from cxr.data.prepared import relocated
     from cxr.data.splits import split_digest, write_split_csv
+    from cxr.dataset_inputs import log_dataset_inputs
     from cxr.predict import Predictions, combined, predict_members
     from cxr.reporting import evaluate_predictions, log_evaluation, validation_and_test_line
 
@@ -140,6 +141,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
         mlflow.log_params({f"member.{i}.run_id": c.run_id for i, c in enumerate(candidates)})
         with tempfile.TemporaryDirectory() as folder:
             mlflow.log_artifact(str(write_split_csv(data.table, Path(folder) / "split.csv")))
+        log_dataset_inputs(data, dataset.name)
         log_evaluation(evaluation, cfg.evaluation.plots)
         for split in splits:
             table = side_by_side(

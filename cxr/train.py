@@ -170,12 +170,14 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     import mlflow
 
     from cxr import tracking
+    from cxr.dataset_inputs import log_dataset_inputs
     from cxr.predict import predict_splits
     from cxr.reporting import evaluate_predictions, log_evaluation
 
     with tracking.tracked_run(cfg, overrides or [], reporter) as run_id:
         mlflow.log_metric(mn.timing("load_data"), load_seconds)
         mlflow.log_artifact(str(write_split_csv(data.table, output_dir / "split.csv")))
+        log_dataset_inputs(data, cfg.dataset.name)
         mlflow.log_params({f"data.n_{s}_images": len(r) for s, r in data.rows.items()})  # constant: no chart
         with tracking.timed("fit"):
             model, history = fit(cfg, data, reporter)

@@ -203,3 +203,19 @@ def test_run_logs_intervals_thresholds_operating_points_and_plots(finished, tmp_
     assert expected | {"plots/history.png"} <= plots
     png = mlflow.artifacts.download_artifacts(f"{uri}/plots/roc_test.png", dst_path=str(tmp_path))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.backend
+def test_run_logs_each_split_as_an_mlflow_dataset_input(finished):
+    cfg, client, run, _ = finished
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    by_context = {{t.key: t.value for t in i.tags}.get("mlflow.data.context"): i for i in inputs}
+    assert set(by_context) == {"training", "validation", "test"}, [i.tags for i in inputs]
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "test")):
+        entry = by_context[context]
+        dataset = entry.dataset
+        assert dataset.name == f"synthetic-{split}" and dataset.digest
+        assert str(cfg.dataset.root) in dataset.source
+        assert json.loads(dataset.profile)["num_rows"] == int(run.data.params[f"data.n_{split}_images"])
+        tags = {t.key: t.value for t in entry.tags}
+        assert len(tags["split_digest"]) == 16 and tags["image_size"] == "32"
