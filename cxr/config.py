@@ -198,7 +198,7 @@ class TrainerConfig:
     batch_size: int = 32
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     deterministic: bool = False  # bit-exact ops (TensorFlow; XLA's GPU flag on JAX): reproducible, slower
-    verbose: Any = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
+    verbose: Any = "auto"  # Keras fit verbosity: auto (a bar on a terminal, else a line per epoch), 0, 1, 2
     # float32, mixed_bfloat16 (GPUs from Ampere, TPUs) or mixed_float16 (older GPUs; with loss scaling):
     # layers compute in 16 bits and keep float32 weights; the sigmoid outputs and the loss stay float32
     precision: str = "float32"

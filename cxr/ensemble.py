@@ -20,6 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce, log
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -59,10 +60,7 @@ def select_members(client, cfg: DictConfig) -> list:
         )
     members = ranked[: cfg.top_k]
     if len(members) < cfg.top_k:
-        print(
-            f"cxr: warning: only {len(members)} version(s) match; the ensemble has {len(members)}",
-            file=sys.stderr,
-        )
+        log.warning(f"cxr: warning: only {len(members)} version(s) match; the ensemble has {len(members)}")
     splits = {m.tags.get(model_registry.SPLIT_TAG) for m in members}
     if len(splits) > 1:
         first = members[0].tags.get(model_registry.SPLIT_TAG)
@@ -161,21 +159,19 @@ def build(cfg: DictConfig) -> dict[str, float]:
         model_registry.tag_version(client, name, str(info.registered_model_version), tags)
 
     metrics = evaluation.metrics
-    print(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({cfg.weights} weights):")
+    log.info(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({cfg.weights} weights):")
     for c, w in zip(candidates, weights, strict=True):
-        print(f"  version {c.version}: validation mean AUC {c.score:.4f}, weight {w:.3f}, run {c.run_id}")
-    print(f"ensemble {validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence)}")
-    print(f"registered as models:/{name}/{info.registered_model_version} (MLflow run {run_id})")
-    print(
-        f"Promote it: python -m cxr.promote model_name={name} version={info.registered_model_version}",
-        flush=True,
-    )
+        log.info(f"  version {c.version}: validation mean AUC {c.score:.4f}, weight {w:.3f}, run {c.run_id}")
+    log.info(f"ensemble {validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence)}")
+    log.info(f"registered as models:/{name}/{info.registered_model_version} (MLflow run {run_id})")
+    log.info(f"Promote it: python -m cxr.promote model_name={name} version={info.registered_model_version}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("ensemble", cfg)
     build(cfg)
 
 

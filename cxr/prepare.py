@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce, log
 from cxr.errors import exit_on_user_error
 
 register_configs()
@@ -26,17 +27,18 @@ def run(cfg: DictConfig) -> int:
     data = load_prepared(cfg.dataset, warn=False)
     seconds = time.perf_counter() - start
     cache = data.cache
-    print(f"\n{len(data.table)} images at {data.image_size}px in {cache.folder} ({seconds:.1f} s)")
+    log.info(f"\n{len(data.table)} images at {data.image_size}px in {cache.folder} ({seconds:.1f} s)")
     if cache.failures:
-        print(f"{cache.failure_report()}\nThey are left out of training.")
+        log.info(f"{cache.failure_report()}\nThey are left out of training.")
     else:
-        print("all images read")
+        log.info("all images read")
     return len(cache.failures)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("prepare", cfg)
     run(cfg)
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from cxr import metric_names
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -110,6 +111,7 @@ def run(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="promote")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("promote", cfg)
     run(cfg)
 
 

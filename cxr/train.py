@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from cxr import metric_names as mn
 from cxr.backend import check_trainer
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce, fit_verbosity, log
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -107,7 +108,7 @@ def fit(cfg: DictConfig, data, reporter=None):
         epochs=t.epochs,
         shuffle=False,  # the dataset shuffles rows each epoch; Keras would only reorder whole batches
         callbacks=callbacks,
-        verbose=t.verbose,
+        verbose=fit_verbosity(t.verbose),
     )
     return model, history
 
@@ -205,17 +206,19 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
 
 def _print_summary(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> None:
     from cxr import tracking
+    from cxr.console import dataset_words
     from cxr.masking import mask
     from cxr.reporting import validation_and_test_line
 
-    experiment = cfg.tracking.experiment_name
-    print(f"\nMLflow run {run_id} (experiment {experiment!r}, store {mask(cfg.tracking.uri)})")
-    print(validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence))
-    print(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}", flush=True)
+    experiment, data = cfg.tracking.experiment_name, dataset_words(cfg.dataset)
+    log.info(f"MLflow run {run_id} (experiment {experiment!r}, store {mask(cfg.tracking.uri)}), on {data}")
+    log.info(validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence))
+    log.info(f"Compare runs: {tracking.ui_command(cfg.tracking.uri)}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    announce("train", cfg)
     overrides = list(HydraConfig.get().overrides.task)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return train(cfg, overrides)  # errors go to the sweeper, which records the job as failed

@@ -121,10 +121,20 @@ def test_a_run_with_a_bug_ends_failed(compose_cfg, tmp_path):
 
 @pytest.mark.backend
 def test_cli_runs_and_prints_run_id_auc_and_ui_command(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("trainer.verbose")]  # auto: one line per epoch, no TTY
     out = run_cli(
-        "cxr.train", "experiment=demo", *TINY, *store_overrides(tmp_path), f"hydra.run.dir={tmp_path}/hydra"
+        "cxr.train", "experiment=demo", *tiny, *store_overrides(tmp_path), f"hydra.run.dir={tmp_path}/hydra"
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    banner = out.stdout.splitlines()[0]
+    assert (
+        banner.startswith("cxr.train: synthetic data (generated, not X-rays") and "model small_cnn" in banner
+    )
+    assert "on synthetic data" in out.stdout  # the summary says it again
+    log = (tmp_path / "hydra" / "train.log").read_text()
+    assert "cxr.train: synthetic data" in log and "mean AUC [95% CI]" in log
+    assert "\r" not in log and "\x1b" not in log and "\r" not in out.stdout  # no progress-bar control codes
+    assert "Epoch 2/2" in out.stdout
     run_id = out.stdout.split("MLflow run ")[1].split()[0]
     run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["tracking.experiment_name"] == "cxr-demo"

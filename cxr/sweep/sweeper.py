@@ -102,8 +102,9 @@ class CxrOptunaSweeper(Sweeper):
                 raise CxrError(f"a trial's config does not compose: {err}") from None
             returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += size
-            for t, ret in zip(trials, returns, strict=True):
+            for k, (t, ret) in enumerate(zip(trials, returns, strict=True)):
                 self._tell(study, t, ret)
+                print(self._progress(study, t.number, ran + k + 1, s.n_trials), flush=True)
             ran += size
             parent.log_progress(study)
         self._evaluate_best(study, given)  # before the summary, which ends the output
@@ -119,6 +120,18 @@ class CxrOptunaSweeper(Sweeper):
             f"optuna.trial_number={trial.number}",
             f"optuna.parent_run_id={parent_run_id}",
         ]
+
+    @staticmethod
+    def _progress(study: optuna.Study, number: int, done: int, total: int) -> str:
+        """`trial 3/20 done (number 7): 0.8123, best so far 0.8345 (trial 5)`."""
+        from optuna.trial import TrialState
+
+        trial = study.get_trials(deepcopy=False)[number]
+        value = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
+        line = f"[cxr sweep] trial {done}/{total} done (number {number}): {value}"
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            line += f", best so far {study.best_value:.4f} (trial {study.best_trial.number})"
+        return line
 
     @staticmethod
     def _grid_done(study: optuna.Study, grid: dict[str, list]) -> bool:
