@@ -105,14 +105,19 @@ def _ending(err: BaseException) -> tuple[str, str | None]:
 
 @contextmanager
 def tracked_run(
-    cfg: DictConfig, overrides: list[str], reporter=None, run_name: str | None = None
+    cfg: DictConfig,
+    overrides: list[str],
+    reporter=None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[str]:
     """One MLflow run for `cfg`, yielding its id; it owns the run's name, parent, tags, params and
     resolved config, and its final state whatever happens inside:
 
     finished -> FINISHED; an exception -> FAILED with tag `cxr.error`; optuna.TrialPruned -> KILLED;
     Ctrl-C -> KILLED. For a sweep trial (`reporter`, the job's Optuna trial) the run is a child of the
-    sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
+    sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL); a grid multirun's job
+    is a child of `parent_run_id`.
 
     The name: `tracking.run_name` if set; a trial's `<study>-trial-<n>`; else `run_name` (or one
     `cxr.naming` makes from the config and overrides) with a unique suffix.
@@ -123,7 +128,8 @@ def tracked_run(
     configure(cfg.tracking)
     given = cfg.tracking.run_name
     options: dict[str, Any] = {
-        "run_name": given or (naming.unique(run_name) if run_name else naming.run_name(cfg, overrides))
+        "run_name": given or (naming.unique(run_name) if run_name else naming.run_name(cfg, overrides)),
+        "parent_run_id": parent_run_id,
     }
     if reporter is not None:
         options = {

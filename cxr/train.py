@@ -149,11 +149,12 @@ def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=No
         model_registry.tag_version(client, name, str(info.registered_model_version), tags)
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
+def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: str | None = None) -> float:
     """Data -> model -> fit -> evaluation, all logged to one MLflow run; returns cfg.optimized_metric.
 
     As a sweep trial (`cfg.optuna`, set by the sweeper) the run is a child of the sweep's parent run,
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
+    In a grid multirun the run is a child of the grid's parent run (`parent_run_id`).
     """
     from cxr.data.prepared import load_prepared
     from cxr.data.splits import write_split_csv
@@ -175,7 +176,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.predict import predict_splits
     from cxr.reporting import evaluate_predictions, log_evaluation
 
-    with tracking.tracked_run(cfg, overrides or [], reporter) as run_id:
+    with tracking.tracked_run(cfg, overrides or [], reporter, parent_run_id=parent_run_id) as run_id:
         mlflow.log_metric(mn.timing("load_data"), load_seconds)
         mlflow.log_artifact(str(write_split_csv(data.table, output_dir / "split.csv")))
         log_dataset_inputs(data, cfg.dataset.name)
@@ -221,7 +222,10 @@ def main(cfg: DictConfig) -> float:
     announce("train", cfg)
     overrides = list(HydraConfig.get().overrides.task)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        return train(cfg, overrides)  # errors go to the sweeper, which records the job as failed
+        from cxr.sweep.grid import parent_run_id
+
+        parent = parent_run_id(HydraConfig.get().sweep.dir)  # a grid's; an Optuna trial's is cfg.optuna's
+        return train(cfg, overrides, parent)  # errors go to the sweeper, which records the job as failed
     return exit_on_user_error(train)(cfg, overrides)
 
 

@@ -47,6 +47,13 @@ class ParentRun:
         self.tracking_uri = tracking_uri
 
     @classmethod
+    def create(cls, tracking_cfg, name: str, tags: dict[str, str]) -> ParentRun:
+        """A new parent run in the configured store and experiment (both made if new)."""
+        client, experiment_id = connect(tracking_cfg, create=True)
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        return cls(client, run.info.run_id, tracking_cfg.uri)
+
+    @classmethod
     def open(
         cls, tracking_cfg, study: optuna.Study, created: bool, searched: dict, settings, url: str
     ) -> ParentRun:
@@ -103,7 +110,12 @@ def summary_table(study: optuna.Study, by: list[str], direction: str) -> pd.Data
     columns = [f"params_{k}" for k in by if f"params_{k}" in frame]
     if frame.empty or not columns:
         return None
-    table = frame.groupby(columns)["value"].agg(["mean", "std", "count"])
+    return mean_std_count(frame, columns, direction)
+
+
+def mean_std_count(frame: pd.DataFrame, by: list[str], direction: str) -> pd.DataFrame:
+    """Mean, standard deviation and count of `frame["value"]` per group of the `by` columns, best first."""
+    table = frame.groupby(by)["value"].agg(["mean", "std", "count"])
     return table.sort_values("mean", ascending=direction == "minimize")
 
 
