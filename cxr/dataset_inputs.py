@@ -5,6 +5,7 @@ dataset filter show which images (and which patient split) each run trained, val
 from __future__ import annotations
 
 import os
+import warnings
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split -> MLflow's input context
 SPLIT_DIGEST_TAG = "split_digest"  # the fingerprint of who is in which split, as registered versions carry
@@ -30,4 +31,7 @@ def log_dataset_inputs(data, dataset_name: str) -> None:
         if split not in data.rows:
             continue
         name = f"{dataset_name}-{split}"
-        mlflow.log_input(mlflow.data.from_pandas(split_frame(data, split), source, name=name), context, tags)
+        with warnings.catch_warnings():  # MLflow's hints on a path source and integer label columns
+            warnings.simplefilter("ignore", UserWarning)
+            frame = mlflow.data.from_pandas(split_frame(data, split), source, name=name)
+            mlflow.log_input(frame, context, tags)

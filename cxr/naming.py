@@ -37,10 +37,12 @@ def describe(cfg: DictConfig, overrides: list[str]) -> str:
     """`<experiment or model>-<loss>-<key overrides>-s<seed>`, without the unique suffix."""
     experiment = cfg.tracking.experiment_name
     head = experiment.removeprefix("cxr-") if experiment != "cxr" else cfg.model.name
-    labels = [label for o in overrides if (label := _override_label(o))]
-    name = "-".join([head, cfg.loss.name, *labels])
-    suffix = f"-s{cfg.seed}"
-    return name[: MAX_LENGTH - len(suffix) - 5] + suffix
+    name, suffix = f"{head}-{cfg.loss.name}", f"-s{cfg.seed}"
+    for label in filter(None, map(_override_label, overrides)):  # whole labels, while they fit
+        if len(name) + len(label) + len(suffix) + 6 > MAX_LENGTH:
+            break
+        name += f"-{label}"
+    return name + suffix
 
 
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:

@@ -178,6 +178,8 @@ def epoch_logger():
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             metrics = {metric_names.from_keras(k): float(v) for k, v in (logs or {}).items()}
+            # val/auc first: the UI's parallel-coordinates view opens on a run's first-logged metric
+            metrics = dict(sorted(metrics.items(), key=lambda item: item[0] != metric_names.MONITOR))
             # the first epoch's time includes tracing the graphs
             metrics[metric_names.timing("epoch")] = time.perf_counter() - self.started
             if metrics:

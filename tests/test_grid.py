@@ -35,6 +35,12 @@ def test_a_grid_multirun_has_one_parent_with_its_children_and_a_summary_over_see
     assert len(runs) == 5 and len(children) == 4
     assert parent.info.status == "FINISHED" and parent.data.tags["cxr.sweep.kind"] == "grid"
     assert parent.info.run_name == "grid-loss-seed"
+    assert parent.data.metrics[mn.BEST_VALUE] == pytest.approx(
+        max(
+            sum(c.data.metrics[mn.OPTIMIZED] for c in children if c.data.params["loss.name"] == loss) / 2
+            for loss in ("bce", "dynamic_bce")
+        )
+    )
     assert len({c.info.run_name for c in children}) == 4
     summary = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path)))
     assert sorted(summary["loss"]) == ["bce", "dynamic_bce"] and summary["count"].tolist() == [2, 2]

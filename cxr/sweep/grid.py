@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cxr import metric_names
 from cxr.masking import mask
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class GridParent(Callback):
         frame = children_frame(self.parent.client, self.parent.run_id, experiment_id, keys, metric)
         table, note = grid_summary(frame, keys, direction)
         if table is not None:
+            # the collapsed parent row then charts something in the UI's runs view
+            self.parent.client.log_metric(self.parent.run_id, metric_names.BEST_VALUE, table["mean"].iloc[0])
             by = ", ".join(k for k in keys if k != "seed")
             print(f"\n[cxr grid] {metric} by {by} (finished runs):")
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))
