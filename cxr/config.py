@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from cxr import metric_names
+
 
 # ---------------------------------------------------------------- dataset
 @dataclass
@@ -196,7 +198,7 @@ class TrainerConfig:
     batch_size: int = 32
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     deterministic: bool = False  # bit-exact ops (TensorFlow; XLA's GPU flag on JAX): reproducible, slower
-    verbose: Any = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
+    verbose: Any = "auto"  # Keras fit verbosity: auto (a bar on a terminal, else a line per epoch), 0, 1, 2
     # float32, mixed_bfloat16 (GPUs from Ampere, TPUs) or mixed_float16 (older GPUs; with loss scaling):
     # layers compute in 16 bits and keep float32 weights; the sigmoid outputs and the loss stay float32
     precision: str = "float32"
@@ -287,7 +289,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     optuna: OptunaJobConfig = field(default_factory=OptunaJobConfig)
     seed: int = 42
-    optimized_metric: str = "val_auc_mean"  # what cxr.train returns to a sweep; a validation metric
+    optimized_metric: str = metric_names.OPTIMIZED  # what cxr.train returns to a sweep: val/auc_mean
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
 
@@ -331,7 +333,7 @@ class PromoteConfig:
     version: int | None = None  # null: show the champion and the top candidates, change nothing
     force: bool = False  # promote even if the version does not beat the current champion
     alias: str = "champion"
-    metric: str = "val_auc_mean"  # the validation metric versions are compared by
+    metric: str = metric_names.RANK  # the validation metric versions are compared by: val/auc_mean
     top: int = 10  # how many candidates the table shows
     tracking: TrackingConfig = MISSING
 

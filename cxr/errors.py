@@ -37,7 +37,9 @@ def exit_on_user_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CxrError as err:
-            print(f"cxr: error: {err}", file=sys.stderr)
+            from cxr.masking import mask
+
+            print(f"cxr: error: {mask(str(err))}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             _interrupted()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxr import metric_names as mn
 from cxr.errors import CxrError
 from cxr.predict import Predictions
 from cxr.scoring import choose_thresholds, evaluate_split, operating_points
@@ -35,10 +36,10 @@ class Evaluation:
 
 
 def split_metrics(split: str, table: pd.DataFrame, summary: dict[str, float]) -> dict[str, float]:
-    """MLflow names: `{split}_auc_<Disease>`, `{split}_auc_mean`, `{split}_sensitivity_<Disease>`, ..."""
-    metrics = {f"{split}_{k}": v for k, v in summary.items()}
-    for column in ("auc", "auprc", "sensitivity", "specificity", "ppv", "npv"):
-        metrics.update({f"{split}_{column}_{d}": float(v) for d, v in table[column].items()})
+    """MLflow names: `{split}/auc/<Disease>`, `{split}/auc_mean`, `{split}/sensitivity/<Disease>`, ..."""
+    metrics = {mn.split_metric(split, k): v for k, v in summary.items()}
+    for column in mn.PER_DISEASE:
+        metrics.update({mn.per_disease(split, column, d): float(v) for d, v in table[column].items()})
     return metrics
 
 
@@ -49,7 +50,7 @@ def evaluate_predictions(predictions: dict[str, Predictions], cfg, pathologies: 
     val = predictions[THRESHOLD_SPLIT]
     thresholds = choose_thresholds(val.labels, val.scores, cfg.threshold_method)
     by_disease = dict(zip(pathologies, thresholds.tolist(), strict=True))
-    metrics: dict[str, float] = {f"threshold_{d}": t for d, t in by_disease.items()}
+    metrics: dict[str, float] = {mn.threshold(d): t for d, t in by_disease.items()}
     document = {
         "method": cfg.threshold_method,
         "chosen_on": THRESHOLD_SPLIT,
@@ -97,12 +98,16 @@ def _log_plots(evaluation: Evaluation, history: pd.DataFrame | None) -> None:
 
 
 def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | None = None) -> None:
-    """Write an evaluation to the active MLflow run: metrics, evaluation/ tables and plots/."""
+    """Write an evaluation to the active MLflow run: metrics, evaluation/ tables and plots/.
+
+    Each per-disease table is logged twice: as CSV, and with `mlflow.log_table` (one JSON table per
+    split, a `disease` column) so the UI's artifact view lines it up across runs."""
     import mlflow
 
     mlflow.log_text(json.dumps(evaluation.thresholds, indent=2), "evaluation/thresholds.json")
     for split, table in evaluation.tables.items():
         mlflow.log_text(table.to_csv(float_format="%.6g"), f"evaluation/{split}_per_disease.csv")
+        mlflow.log_table(table.rename_axis("disease").reset_index(), f"evaluation/{split}_per_disease.json")
     if plots:
         _log_plots(evaluation, history)
     mlflow.log_metrics(evaluation.metrics)
@@ -110,8 +115,9 @@ def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | 
 
 def summary_line(metrics: dict[str, float], split: str) -> str:
     """`0.8421 [0.8390, 0.8452]`: the mean AUC with its interval when one was computed."""
-    mean = metrics.get(f"{split}_auc_mean", float("nan"))
-    low, high = metrics.get(f"{split}_auc_mean_ci_low"), metrics.get(f"{split}_auc_mean_ci_high")
+    name = mn.split_metric(split, mn.AUC_MEAN)
+    mean = metrics.get(name, float("nan"))
+    low, high = (metrics.get(bound) for bound in mn.interval(name))
     return f"{mean:.4f}" + (f" [{low:.4f}, {high:.4f}]" if low is not None else "")
 
 

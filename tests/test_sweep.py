@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from cxr import metric_names as mn
 from cxr.errors import CxrError
 from tests.conftest import REPO, TINY, hydra_compose, run_cli, store_overrides
 
@@ -89,9 +90,9 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
         assert child.data.tags["optuna.state"] == "COMPLETE" and child.info.status == "FINISHED"
         assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
         assert child.data.params["loss.smoothing_factor"] == str(trial.params["loss.smoothing_factor"])
-        assert child.data.metrics["val_auc_mean"] == pytest.approx(trial.value)
-        assert "test_auc_Hernia" in child.data.metrics and "val_loss" in child.data.metrics
-    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+        assert child.data.metrics[mn.OPTIMIZED] == pytest.approx(trial.value)
+        assert "test/auc/Hernia" in child.data.metrics and "val/loss" in child.data.metrics
+    assert parent.data.metrics[mn.BEST_VALUE] == pytest.approx(study.best_value)
     assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
     assert parent.info.status == "FINISHED"
     assert f"best trial {study.best_trial.number}: value {study.best_value:.4f}" in first.stdout
@@ -102,7 +103,7 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
     assert [t.number for t in load(tmp_path, "core").trials] == list(range(8))
     (same_parent,), children = runs(tmp_path)
     assert same_parent.info.run_id == parent.info.run_id and len(children) == 8
-    assert same_parent.data.metrics["trials_complete"] == 8 and same_parent.info.status == "FINISHED"
+    assert same_parent.data.metrics[mn.trials("complete")] == 8 and same_parent.info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -120,20 +121,20 @@ def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end
     assert len(children) == 2
     for child in children:
         metrics, run_id = child.data.metrics, child.info.run_id
-        assert metrics["val_auc_mean"] == pytest.approx(
+        assert metrics[mn.OPTIMIZED] == pytest.approx(
             study.trials[int(child.data.tags["optuna.trial_number"])].value
         )
-        assert {"time_fit_s", "time_evaluate_s", "time_log_model_s"} <= set(metrics)
+        assert {mn.timing("fit"), mn.timing("evaluate"), mn.timing("log_model")} <= set(metrics)
         plots = [a.path for a in client.list_artifacts(run_id, "plots")]
         if run_id == best_run:
-            assert "val_auc_mean_ci_low" in metrics and "test_auc_mean_ci_high" in metrics
+            assert "val/auc_mean_ci_low" in metrics and "test/auc_mean_ci_high" in metrics
             assert "plots/roc_val.png" in plots and child.data.tags["cxr.reevaluated_with"]
         else:
-            assert "val_auc_mean_ci_low" not in metrics and plots == []
+            assert "val/auc_mean_ci_low" not in metrics and plots == []
     assert sorted(registered_runs(tmp_path)) == sorted(c.info.run_id for c in children)
     (version,) = client.search_model_versions(f"name = 'swept' and run_id = '{best_run}'")
-    assert float(version.tags["val_auc_mean"]) == pytest.approx(study.best_value)
-    assert "val_auc_mean_ci_low" in version.tags
+    assert float(version.tags[mn.RANK]) == pytest.approx(study.best_value)
+    assert mn.interval(mn.RANK)[0] in version.tags
     assert f"trial {study.best_trial.number}, one of the best: intervals and plots" in out.stdout
 
 
@@ -210,8 +211,8 @@ def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
     _, (child,) = runs(tmp_path)
     assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "KILLED"
-    assert child.data.metrics["epochs_trained"] == 1 and "test_auc_mean" not in child.data.metrics
-    assert child.data.metrics["pruned_at_epoch"] == 0
+    assert child.data.metrics[mn.EPOCHS_TRAINED] == 1 and "test/auc_mean" not in child.data.metrics
+    assert child.data.metrics[mn.PRUNED_AT_EPOCH] == 0
     assert "trial 1 pruned" in out.stdout
     assert registered_runs(tmp_path) == []  # a pruned trial never becomes a model version
 
@@ -383,6 +384,7 @@ def test_the_summary_groups_completed_trials_best_first_with_mean_std_and_count(
 
     space = {"loss": optuna.distributions.CategoricalDistribution(["a", "b"])}
     study = optuna.create_study(direction="maximize")
+    study.set_metric_names([mn.OPTIMIZED])  # as sweeps name it
     for loss, value, state in [
         ("a", 0.6, TrialState.COMPLETE),
         ("a", 0.8, TrialState.COMPLETE),
@@ -479,7 +481,7 @@ def test_a_job_reopens_its_trial_from_the_storage_with_the_sweeps_pruner_and_is_
     from cxr.sweep.study import create_or_join
 
     url = f"sqlite:///{tmp_path}/optuna.db"
-    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="job", monitor="val_x"))
+    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="job", monitor="val/x"))
     settings.pruner.n_startup_trials, settings.pruner.n_warmup_steps = 1, 0
     searched = {"x": FloatDistribution(0.0, 1.0)}
     study, created = create_or_join(settings, url, searched)
@@ -503,9 +505,9 @@ def test_a_job_reopens_its_trial_from_the_storage_with_the_sweeps_pruner_and_is_
     reporter.record_run("run-1")
     callback, model = reporter.callback(), types.SimpleNamespace(stop_training=False)
     callback.set_model(model)
-    with pytest.raises(CxrError, match="hydra.sweeper.monitor='val_x' is not logged each epoch"):
+    with pytest.raises(CxrError, match="hydra.sweeper.monitor='val/x' is not logged each epoch"):
         callback.on_epoch_end(0, {"val_auc": 0.5})
-    callback.on_epoch_end(0, {"val_x": 0.5})  # trails the finished trial's 1.0: pruned
+    callback.on_epoch_end(0, {"val_x": 0.5})  # Keras's key of val/x; trails the finished 1.0: pruned
     assert reporter.pruned_at == 0 and model.stop_training
     stored = load(tmp_path, "job").trials[1]
     assert stored.intermediate_values == {0: 0.5} and stored.user_attrs["mlflow_run_id"] == "run-1"
@@ -537,3 +539,59 @@ def test_hydra_finds_the_sweeper_without_importing_optuna_or_mlflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["[]", "True", "True"]
+
+
+def test_the_study_names_its_objective_for_optuna_dashboard(tmp_path):
+    from cxr.sweep.settings import CxrOptunaSweeperConf
+    from cxr.sweep.study import create_or_join
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="named"))
+    create_or_join(settings, url, {"x": FloatDistribution(0.0, 1.0)}, mn.OPTIMIZED)
+    assert load(tmp_path, "named").metric_names == ["val/auc_mean"]  # not "Objective 0"
+
+
+SECRET = "s3cretXYZ"
+
+
+@pytest.mark.slow
+def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_console(tmp_path, data_root):
+    """SQLite takes (and ignores) unknown URI parameters, so a real sweep runs on a URL with a password."""
+    import sqlite3
+
+    url = f"sqlite:///file:{tmp_path}/optuna.db?uri=true&password={SECRET}"
+    args = [a for a in sweep_args(tmp_path, data_root, "masked") if not a.startswith("hydra.sweeper.storage")]
+    out = run_cli(
+        "cxr.train",
+        *args,
+        f"hydra.sweeper.storage='{url}'",
+        "hydra/sweeper=cxr_optuna",
+        "hydra.sweeper.n_trials=2",
+        "seed=choice(1,2)",
+        "hydra.sweeper.trial_evaluation.best_trials=0",
+        *REGISTER,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(load(tmp_path, "masked").trials) == 2
+    store = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")
+    dump = "\n".join(store.iterdump())
+    assert "password=***" in dump  # the storage is logged (tag, params, overrides), masked
+    assert SECRET not in dump
+    artifacts = [p for p in (tmp_path / "mlruns" / "artifacts").rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in artifacts)
+    assert not [p for p in artifacts if SECRET.encode() in p.read_bytes()]
+    assert "Launching 1 jobs locally" in out.stdout and "password=***" in out.stdout
+    assert SECRET not in out.stdout + out.stderr
+    assert "trial 1/2 done (number 0): 0." in out.stdout and "trial 2/2 done (number 1): " in out.stdout
+    assert ", best so far 0." in out.stdout
+
+
+def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):
+    from cxr import tracking
+
+    cfg = compose_cfg(["tracking.uri=http://user:s3cret@mlflow.example:5000", f"output_dir={tmp_path}"])
+    params = tracking.config_params(cfg)
+    assert params["tracking.uri"] == "http://user:***@mlflow.example:5000"
+    assert tracking.run_tags(["optuna.storage='postgresql://u:s3cret@db/x'"])["hydra.overrides"] == (
+        "optuna.storage='postgresql://u:***@db/x'"
+    )

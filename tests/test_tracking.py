@@ -47,3 +47,29 @@ def test_every_ending_leaves_a_final_state(cfg, raised, status):
     import mlflow
 
     assert mlflow.active_run() is None  # nothing left open for the next run in this process
+
+
+def run_names(cfg) -> list[str]:
+    client = MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    return sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
+
+
+def test_two_runs_of_one_config_get_different_names_that_say_what_they_are(cfg):
+    import random
+
+    for _ in range(2):
+        random.seed(cfg.seed)  # what training's seeding does; MLflow's own generator would repeat itself
+        with tracking.tracked_run(cfg, ["loss=dynamic_bce", "trainer.optimizer.learning_rate=0.001"]):
+            pass
+    first, second = run_names(cfg)
+    assert first != second
+    for name in (first, second):
+        assert name.startswith("small_cnn-dynamic_bce-lr=0.001-s42-"), name
+
+
+def test_run_name_is_settable(compose_cfg, tmp_path):
+    cfg = compose_cfg(["tracking.run_name=baseline", *store_overrides(tmp_path)])
+    with tracking.tracked_run(cfg, []):
+        pass
+    assert run_names(cfg) == ["baseline"]

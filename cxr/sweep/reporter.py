@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager, nullcontext
 
-from cxr import heartbeat
+from cxr import heartbeat, metric_names
 from cxr.errors import CxrError
 from cxr.sweep.study import HEARTBEAT_ATTR, MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
 
@@ -33,7 +33,7 @@ class TrialReporter:
         self.trial = optuna.trial.Trial(study, cfg_optuna.trial_id)
         self.storage = storage
         self.heartbeat_interval: int | None = attrs.get(HEARTBEAT_ATTR, {}).get("heartbeat_interval")
-        self.monitor: str = attrs.get(MONITOR_ATTR, "val_auc")
+        self.monitor: str = attrs.get(MONITOR_ATTR, metric_names.MONITOR)
         self.number: int = cfg_optuna.trial_number
         self.study_name: str = cfg_optuna.study_name
         self.parent_run_id: str | None = cfg_optuna.parent_run_id
@@ -49,12 +49,13 @@ class TrialReporter:
         class OptunaPruning(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 logs = logs or {}
-                if owner.monitor not in logs:
+                key = metric_names.to_keras(owner.monitor)  # Keras's log key of e.g. val/auc
+                if key not in logs:
                     raise CxrError(
                         f"hydra.sweeper.monitor={owner.monitor!r} is not logged each epoch; "
-                        f"choose one of {', '.join(sorted(logs))}"
+                        f"choose one of {', '.join(sorted(map(metric_names.from_keras, logs)))}"
                     )
-                value = float(logs[owner.monitor])
+                value = float(logs[key])
                 if math.isfinite(value):
                     owner.trial.report(value, step=epoch)
                 if owner.trial.should_prune():
