@@ -30,10 +30,10 @@ def _artifact_location(root: str, experiment_name: str) -> str:
 
 def _check_writable(folder: Path, what: str, setting: str) -> None:
     """Fail at once, naming the folder, where SQLite would retry a read-only store for half a minute."""
-    missing = folder
-    while not missing.exists() and missing.parent != missing:
-        missing = missing.parent
-    if not os.access(missing, os.W_OK) or folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+    existing = folder  # the folder, or the nearest parent that exists, where the folder would be made
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise CxrError(
             f"{what} folder {folder} is read-only ({setting}); make it writable or point {setting} "
             "at a writable folder"
