@@ -49,6 +49,13 @@ def banner(command: str, cfg: DictConfig) -> str:
     return f"cxr.{command}: " + ", ".join(parts)
 
 
+class BelowWarning(logging.Filter):
+    """Info on stdout, warnings and errors on stderr (conf/hydra/job_logging/cxr.yaml), as a CLI's are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
 def announce(command: str, cfg: DictConfig) -> None:
     log.info(banner(command, cfg))
 
