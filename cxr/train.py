@@ -66,7 +66,7 @@ def fit(cfg: DictConfig, data, reporter=None):
     import keras
 
     from cxr import backend, tracking
-    from cxr.callbacks import build_callbacks
+    from cxr.callbacks import build_callbacks, monitored
     from cxr.data.pipeline import make_dataset
     from cxr.losses import build_loss, loss_callbacks
     from cxr.metrics import epoch_metrics
@@ -95,6 +95,7 @@ def fit(cfg: DictConfig, data, reporter=None):
         tracking.epoch_logger(),
         *([reporter.callback()] if reporter is not None else []),
     ]
+    print(f"cxr: {monitored(cfg.callbacks, reporter.monitor if reporter is not None else None)}", flush=True)
     history = model.fit(
         make_dataset(
             data.images,

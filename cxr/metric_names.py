@@ -1,0 +1,23 @@
+"""Names of what a training run logs each epoch, in one place: the metrics build them, config
+validation checks monitor names against them (without importing Keras)."""
+
+from __future__ import annotations
+
+AUC = "auc"  # mean over findings with both classes present (cxr.metrics.PresentLabelsAUC)
+RECALL = "recall"
+PRECISION = "precision"
+SPECIFICITY = "specificity"
+NPV = "npv"
+F1_MICRO = "f1_micro"
+HAMMING_LOSS = "hamming_loss"
+EPOCH_METRICS = (AUC, RECALL, PRECISION, SPECIFICITY, NPV, F1_MICRO, HAMMING_LOSS)
+
+LOSS = "loss"
+LEARNING_RATE = "learning_rate"  # in Keras's logs while reduce_lr is on
+VALIDATION_PREFIX = "val_"
+
+
+def epoch_log_names() -> tuple[str, ...]:
+    """Every key of Keras's per-epoch logs that a callback or the pruner may monitor."""
+    train = (LOSS, *EPOCH_METRICS)
+    return (*train, *(VALIDATION_PREFIX + n for n in train), LEARNING_RATE)
