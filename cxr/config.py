@@ -36,6 +36,9 @@ class DatasetConfig:
     split_seed: int = 0
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
     allow_missing_images: bool = False  # true: train on the images present, after listing the missing ones
+    # a finding with fewer positive images than this in train, val or test is named in a warning (console
+    # and run tag cxr.few_positives); every run logs the counts as data/counts.csv
+    min_positives: int = 5
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-time only
 
 

@@ -1,5 +1,5 @@
-"""Names of what a training run logs each epoch, in one place: the metrics build them, config
-validation checks monitor names against them (without importing Keras)."""
+"""Names of what a run logs, in one place: the per-epoch metrics (which config validation checks monitor
+names against, without importing Keras) and the tags and artifacts of its data diagnostics."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ def epoch_log_names() -> tuple[str, ...]:
     """Every key of Keras's per-epoch logs that a callback or the pruner may monitor."""
     train = (LOSS, *EPOCH_METRICS)
     return (*train, *(VALIDATION_PREFIX + n for n in train), LEARNING_RATE)
+
+
+SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
+
+# data diagnostics (cxr.counts): artifact and run tags
+COUNTS_ARTIFACT = "data/counts.csv"
+FEW_POSITIVES_TAG = "cxr.few_positives"  # `Hernia: 0 in val; Edema: 1 in train`
+UNDEFINED_TAG = "cxr.undefined"  # `threshold_Hernia: no validation positives; test_auc_Mass: ...`

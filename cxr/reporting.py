@@ -15,23 +15,30 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxr.counts import undefined_reason
 from cxr.errors import CxrError
+from cxr.metric_names import SPLIT_TITLES, UNDEFINED_TAG
 from cxr.predict import Predictions
 from cxr.scoring import choose_thresholds, evaluate_split, operating_points
 
 THRESHOLD_SPLIT = "val"
-SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Everything one evaluation logs: scalar metrics, thresholds and one table per split."""
+    """Everything one evaluation logs: scalar metrics, thresholds and one table per split.
+
+    A number that cannot be computed (no validation positives for a threshold, no test positives for an
+    AUC, nothing called positive for a PPV) is left out of `metrics`, never logged as NaN; `undefined`
+    says why, per finding, and the tables' `undefined` column per split.
+    """
 
     metrics: dict[str, float]
     thresholds: dict  # the thresholds.json document
     tables: dict[str, pd.DataFrame]  # split -> per-disease table
     predictions: dict[str, Predictions]
     pathologies: tuple[str, ...]
+    undefined: dict[str, str]  # finding -> why some of its numbers are undefined
 
 
 def split_metrics(split: str, table: pd.DataFrame, summary: dict[str, float]) -> dict[str, float]:
@@ -49,11 +56,16 @@ def evaluate_predictions(predictions: dict[str, Predictions], cfg, pathologies: 
     val = predictions[THRESHOLD_SPLIT]
     thresholds = choose_thresholds(val.labels, val.scores, cfg.threshold_method)
     by_disease = dict(zip(pathologies, thresholds.tolist(), strict=True))
+    reasons = {
+        split: {d: undefined_reason(p.labels[:, k], split) for k, d in enumerate(pathologies)}
+        for split, p in predictions.items()
+    }
     metrics: dict[str, float] = {f"threshold_{d}": t for d, t in by_disease.items()}
     document = {
         "method": cfg.threshold_method,
         "chosen_on": THRESHOLD_SPLIT,
         "thresholds": {d: (None if np.isnan(t) else t) for d, t in by_disease.items()},
+        "undefined": {d: r for d, r in reasons[THRESHOLD_SPLIT].items() if r},
     }
     b = cfg.bootstrap
     tables = {}
@@ -61,9 +73,26 @@ def evaluate_predictions(predictions: dict[str, Predictions], cfg, pathologies: 
         report = evaluate_split(
             p.labels, p.scores, p.patients, pathologies, b.resamples, b.confidence, b.seed
         )
-        tables[split] = report.table.join(operating_points(p.labels, p.scores, thresholds, pathologies))
-        metrics.update(split_metrics(split, tables[split], report.summary))
-    return Evaluation(metrics, document, tables, predictions, tuple(pathologies))
+        table = report.table.join(operating_points(p.labels, p.scores, thresholds, pathologies))
+        table["undefined"] = [_table_note(reasons, split, d) for d in pathologies]
+        tables[split] = table
+        metrics.update(split_metrics(split, table, report.summary))
+    undefined = {
+        d: ", ".join(dict.fromkeys(r[d] for r in reasons.values() if r[d]))
+        for d in pathologies
+        if any(r[d] for r in reasons.values())
+    }
+    defined = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    return Evaluation(defined, document, tables, predictions, tuple(pathologies), undefined)
+
+
+def _table_note(reasons: dict[str, dict[str, str | None]], split: str, disease: str) -> str:
+    """`no test positives; threshold: no validation positives`, or empty where all is defined."""
+    own, threshold = reasons[split][disease], reasons[THRESHOLD_SPLIT][disease]
+    parts = [own] if own else []
+    if threshold and split != THRESHOLD_SPLIT:
+        parts.append(f"threshold: {threshold}")
+    return "; ".join(parts)
 
 
 def _log_figure(fig, path: str) -> None:
@@ -101,6 +130,8 @@ def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | 
     import mlflow
 
     mlflow.log_text(json.dumps(evaluation.thresholds, indent=2), "evaluation/thresholds.json")
+    if evaluation.undefined:
+        mlflow.set_tag(UNDEFINED_TAG, "; ".join(f"{d}: {r}" for d, r in evaluation.undefined.items()))
     for split, table in evaluation.tables.items():
         mlflow.log_text(table.to_csv(float_format="%.6g"), f"evaluation/{split}_per_disease.csv")
     if plots:

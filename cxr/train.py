@@ -61,6 +61,22 @@ def _objective(evaluation, name: str) -> float:
     return evaluation.metrics[name]
 
 
+def log_counts(data, min_positives: int) -> None:
+    """Per-split, per-finding counts as an artifact of the active run; findings with too few positives
+    in a split as a warning on stderr and the run tag `cxr.few_positives`."""
+    import mlflow
+
+    from cxr.counts import count_table, scarce, scarcity_note, scarcity_warning
+    from cxr.metric_names import COUNTS_ARTIFACT, FEW_POSITIVES_TAG
+
+    counts = count_table(data.labels, data.patients, data.rows, data.pathologies)
+    mlflow.log_text(counts.to_csv(), COUNTS_ARTIFACT)
+    few = scarce(counts, min_positives)
+    if len(few):
+        mlflow.set_tag(FEW_POSITIVES_TAG, scarcity_note(few))
+        print(f"cxr: warning: {scarcity_warning(few, min_positives)}", file=sys.stderr, flush=True)
+
+
 def fit(cfg: DictConfig, data, reporter=None):
     """Build, compile and fit the configured model on `data`'s train split; returns (model, history)."""
     import keras
@@ -177,6 +193,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
         mlflow.log_metric("time_load_data_s", load_seconds)
         mlflow.log_artifact(str(write_split_csv(data.table, output_dir / "split.csv")))
         mlflow.log_metrics({f"n_{s}_images": float(len(r)) for s, r in data.rows.items()})
+        log_counts(data, cfg.dataset.min_positives)
         with tracking.timed("fit"):
             model, history = fit(cfg, data, reporter)
         mlflow.log_metric("epochs_trained", len(history.epoch))
