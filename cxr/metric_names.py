@@ -28,4 +28,7 @@ SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
 # data diagnostics (cxr.counts): artifact and run tags
 COUNTS_ARTIFACT = "data/counts.csv"
 FEW_POSITIVES_TAG = "cxr.few_positives"  # `Hernia: 0 in val; Edema: 1 in train`
-UNDEFINED_TAG = "cxr.undefined"  # `threshold_Hernia: no validation positives; test_auc_Mass: ...`
+UNDEFINED_TAG = "cxr.undefined"  # `Hernia: no validation positives; Mass: no test positives`
+
+# a sweep's parent run: true when the best and runner-up validation intervals overlap
+SELECTION_TAG = "cxr.selection_within_noise"

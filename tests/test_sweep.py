@@ -96,6 +96,14 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
     assert parent.info.status == "FINISHED"
     assert f"best trial {study.best_trial.number}: value {study.best_value:.4f}" in first.stdout
     assert "optuna-dashboard sqlite:///" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
+    top = sorted(children, key=lambda c: c.data.metrics["val_auc_mean"], reverse=True)[:2]
+    (a, a_low, a_high), (b, b_low, b_high) = [
+        [c.data.metrics[f"val_auc_mean{k}"] for k in ("", "_ci_low", "_ci_high")] for c in top
+    ]
+    assert f"{a:.4f} [{a_low:.4f}, {a_high:.4f}]" in first.stdout and f"{b:.4f} [{b_low:.4f}," in first.stdout
+    overlap = a_low <= b_high and b_low <= a_high
+    assert ("selection is within noise" in first.stdout) == overlap
+    assert parent.data.tags["cxr.selection_within_noise"] == str(overlap).lower()
 
     again = run_cli("cxr.train", *args)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -111,7 +119,8 @@ def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end
     args = [
         a for a in sweep_args(tmp_path, data_root, "cheap", "+sweep=core", "model=small_cnn") if a not in FAST
     ]
-    out = run_cli("cxr.train", *args, "hydra.sweeper.n_trials=2", *REGISTER)
+    one = "hydra.sweeper.trial_evaluation.best_trials=1"
+    out = run_cli("cxr.train", *args, "hydra.sweeper.n_trials=2", one, *REGISTER)
     assert out.returncode == 0, out.stderr[-3000:]
     study = load(tmp_path, "cheap")
     best_run = study.best_trial.user_attrs["mlflow_run_id"]
@@ -505,3 +514,18 @@ def test_hydra_finds_the_sweeper_without_importing_optuna_or_mlflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["[]", "True", "True"]
+
+
+def test_selection_is_within_noise_when_best_and_runner_up_intervals_overlap():
+    from cxr.sweep.best import Selection
+
+    close = Selection("val_auc_mean", [(3, 0.71, 0.65, 0.77), (5, 0.70, 0.64, 0.76), (1, 0.6, 0.5, 0.7)])
+    assert close.within_noise is True
+    lines = close.lines(0.95)
+    assert lines[0] == "[cxr sweep] validation val_auc_mean [95% CI] of the best trials:"
+    assert lines[1] == "  trial 3: 0.7100 [0.6500, 0.7700]" and "selection is within noise" in lines[-1]
+    clear = Selection("val_auc_mean", [(3, 0.9, 0.85, 0.95), (5, 0.7, 0.64, 0.76)])
+    assert clear.within_noise is False and "clear of the runner-up" in clear.lines(0.95)[-1]
+    alone = Selection("val_auc_mean", [(3, 0.9, 0.85, 0.95), (5, 0.7, None, None)])
+    assert alone.within_noise is None and "best_trials=2" in alone.lines(0.95)[-1]
+    assert "  trial 5: 0.7000 (no interval)" in alone.lines(0.95)

@@ -21,6 +21,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.errors import CxrError, exit_on_user_error
+from cxr.metric_names import SELECTION_TAG
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
 from cxr.sweep.study import RUN_ID_ATTR, create_or_join, safe_url, storage_url
@@ -186,6 +187,17 @@ class CxrOptunaSweeper(Sweeper):
                     file=sys.stderr,
                 )
 
+    def _report_selection(self, study: optuna.Study, parent: ParentRun) -> None:
+        """The best trials' validation values with intervals, and whether best and runner-up overlap."""
+        s, cfg = self.settings, self.config
+        chosen = best.selection(
+            study, max(s.trial_evaluation.best_trials, 2), s.direction, cfg.optimized_metric, cfg.tracking.uri
+        )
+        for line in chosen.lines(cfg.evaluation.bootstrap.confidence):
+            print(line)
+        if chosen.within_noise is not None:
+            parent.client.set_tag(parent.run_id, SELECTION_TAG, str(chosen.within_noise).lower())
+
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
         from optuna.trial import TrialState
 
@@ -204,5 +216,6 @@ class CxrOptunaSweeper(Sweeper):
             chosen = " ".join(f"{k}={v}" for k, v in best.params.items())
             print(f"[cxr sweep] best trial {best.number}: value {best.value:.4f} with {chosen}")
             print(f"[cxr sweep] best trial's MLflow run: {best.user_attrs.get(RUN_ID_ATTR)}")
+            self._report_selection(study, parent)
         print(f"[cxr sweep] MLflow parent run: {parent.run_id}; {parent.ui_command()}")
         print(f"[cxr sweep] the study itself: optuna-dashboard {safe_url(url)}", flush=True)
