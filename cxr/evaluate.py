@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_evaluation, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -53,6 +53,7 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise CxrError(f"split={cfg.split!r}: choose one of {', '.join(SPLITS)}")
+    check_evaluation(cfg.evaluation)
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -16,8 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cxr.backend import check_trainer
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_training, register_configs
 from cxr.errors import CxrError, exit_on_user_error
 
 register_configs()
@@ -89,7 +88,7 @@ def fit(cfg: DictConfig, data, reporter=None):
     from cxr.models import build_model
     from cxr.optimizers import build_optimizer
 
-    t = cfg.trainer  # checked by train() before any work (check_trainer)
+    t = cfg.trainer  # checked by train() before any work (check_training)
     if t.deterministic:
         backend.enable_determinism()
     keras.utils.set_random_seed(cfg.seed)
@@ -174,8 +173,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> float:
     from cxr.data.splits import write_split_csv
     from cxr.sweep.reporter import open_reporter
 
+    check_training(cfg)  # every value, before any data is read or model built
     check_optimized_metric(cfg.optimized_metric)
-    check_trainer(cfg.trainer)
     started = time.perf_counter()
     reporter = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)
