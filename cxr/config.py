@@ -263,7 +263,9 @@ class CallbacksConfig:
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = "mlruns/artifacts"  # used when an experiment is first created
+    # where a new experiment's artifacts go; null: an `artifacts` folder beside a SQLite database
+    # (so MLFLOW_TRACKING_URI moves both), or the tracking server's own default
+    artifact_root: str | None = None
     experiment_name: str = "cxr"
     run_name: str | None = None
     log_model: bool = True

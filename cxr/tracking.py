@@ -22,7 +22,18 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
-def _artifact_location(root: str, experiment_name: str) -> str:
+def artifact_root(cfg) -> str | None:
+    """`tracking.artifact_root`, or by default the `artifacts` folder beside a SQLite database, found
+    where the database is (not the working directory); None leaves a server's default to the server."""
+    if cfg.artifact_root:
+        return cfg.artifact_root
+    db = _sqlite_path(cfg.uri)
+    return str(db.parent / "artifacts") if db is not None else None
+
+
+def _artifact_location(root: str | None, experiment_name: str) -> str | None:
+    if root is None:
+        return None
     leaf = re.sub(r"[^\w.-]+", "_", experiment_name)
     if "://" in root:
         return f"{root.rstrip('/')}/{leaf}"
@@ -40,7 +51,7 @@ def configure(cfg) -> str:
         if experiment is None:
             experiment_id = mlflow.create_experiment(
                 cfg.experiment_name,
-                artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name),
+                artifact_location=_artifact_location(artifact_root(cfg), cfg.experiment_name),
             )
         else:
             experiment_id = experiment.experiment_id
