@@ -13,7 +13,7 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, shorten
 
 _KERAS_RENAMES = {"loss": "train_loss", "learning_rate": "lr"}
 
@@ -145,7 +145,7 @@ def tracked_run(
     except BaseException as err:
         status, state = _ending(err)
         if status == "FAILED":
-            mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+            mlflow.set_tag(ERROR_TAG, shorten(f"{type(err).__name__}: {err}", 5000))
         if reporter is not None and state is not None:
             mlflow.set_tag(STATE_TAG, state)
         mlflow.end_run(status)
