@@ -68,31 +68,42 @@ def evaluate_predictions(predictions: dict[str, Predictions], cfg, pathologies: 
         "undefined": {d: r for d, r in reasons[THRESHOLD_SPLIT].items() if r},
     }
     b = cfg.bootstrap
-    tables = {}
+    tables, notes = {}, {}
     for split, p in predictions.items():
         report = evaluate_split(
             p.labels, p.scores, p.patients, pathologies, b.resamples, b.confidence, b.seed
         )
         table = report.table.join(operating_points(p.labels, p.scores, thresholds, pathologies))
-        table["undefined"] = [_table_note(reasons, split, d) for d in pathologies]
+        notes[split] = {d: _notes(reasons, split, d, table.loc[d]) for d in pathologies}
+        table["undefined"] = ["; ".join(n) for n in notes[split].values()]
         tables[split] = table
         metrics.update(split_metrics(split, table, report.summary))
-    undefined = {
-        d: ", ".join(dict.fromkeys(r[d] for r in reasons.values() if r[d]))
-        for d in pathologies
-        if any(r[d] for r in reasons.values())
-    }
+    undefined = {}
+    for d in pathologies:
+        # the threshold's reason once (it is each split's too), then each split's own
+        found = [reasons[THRESHOLD_SPLIT][d]] + [n for split in notes for n in notes[split][d]]
+        found = [n for n in dict.fromkeys(found) if n and not n.startswith("threshold: ")]
+        if found:
+            undefined[d] = ", ".join(found)
     defined = {k: v for k, v in metrics.items() if np.isfinite(v)}
     return Evaluation(defined, document, tables, predictions, tuple(pathologies), undefined)
 
 
-def _table_note(reasons: dict[str, dict[str, str | None]], split: str, disease: str) -> str:
-    """`no test positives; threshold: no validation positives`, or empty where all is defined."""
+def _notes(reasons: dict[str, dict[str, str | None]], split: str, disease: str, row: pd.Series) -> list[str]:
+    """Why some of a finding's numbers on `split` are undefined: `no test positives`, `threshold: no
+    validation positives`, `no image called negative in test (NPV)`; empty where all are defined."""
     own, threshold = reasons[split][disease], reasons[THRESHOLD_SPLIT][disease]
-    parts = [own] if own else []
-    if threshold and split != THRESHOLD_SPLIT:
-        parts.append(f"threshold: {threshold}")
-    return "; ".join(parts)
+    out = [own] if own else []
+    if threshold:
+        if split != THRESHOLD_SPLIT:
+            out.append(f"threshold: {threshold}")
+        return out
+    title = SPLIT_TITLES.get(split, split)
+    if row.tp + row.fp == 0:
+        out.append(f"no image called positive in {title} (PPV)")
+    if row.tn + row.fn == 0:
+        out.append(f"no image called negative in {title} (NPV)")
+    return out
 
 
 def _log_figure(fig, path: str) -> None:

@@ -59,8 +59,15 @@ def test_thresholds_without_validation_positives_are_undefined_with_the_reason_n
         for s, r in data.rows.items()
         if s != "train"
     }
+    infiltration = data.pathologies.index("Infiltration")  # both classes in val (1 of 4) and test (3 of 7)
+    predictions["test"].scores[:, infiltration] = 1.0  # every test image called positive: no NPV
     cfg = OmegaConf.structured(EvaluationConfig(bootstrap=BootstrapConfig(resamples=20)))
     evaluation = evaluate_predictions(predictions, cfg, data.pathologies)
+    assert "threshold_Infiltration" in evaluation.metrics
+    assert "test_npv_Infiltration" not in evaluation.metrics
+    none_negative = "no image called negative in test (NPV)"
+    assert evaluation.tables["test"].loc["Infiltration", "undefined"] == none_negative
+    assert evaluation.undefined["Infiltration"] == none_negative
     assert all(np.isfinite(v) for v in evaluation.metrics.values())
     assert "threshold_Hernia" not in evaluation.metrics and "test_auc_Hernia" in evaluation.metrics
     assert "test_sensitivity_Hernia" not in evaluation.metrics and "val_auc_Hernia" not in evaluation.metrics
