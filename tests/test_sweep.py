@@ -529,3 +529,5 @@ def test_selection_is_within_noise_when_best_and_runner_up_intervals_overlap():
     alone = Selection("val_auc_mean", [(3, 0.9, 0.85, 0.95), (5, 0.7, None, None)])
     assert alone.within_noise is None and "best_trials=2" in alone.lines(0.95)[-1]
     assert "  trial 5: 0.7000 (no interval)" in alone.lines(0.95)
+    single = Selection("val_auc_mean", [(0, 0.9, 0.85, 0.95)])
+    assert single.within_noise is None and "no runner-up" in single.lines(0.95)[-1]

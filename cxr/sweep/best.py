@@ -91,7 +91,9 @@ class Selection:
             interval = f" [{low:.4f}, {high:.4f}]" if low is not None else " (no interval)"
             out.append(f"  trial {number}: {value:.4f}{interval}")
         verdict = self.within_noise
-        if verdict is None:
+        if len(self.rows) < 2:
+            out.append("[cxr sweep] one completed trial: no runner-up to compare with")
+        elif verdict is None:
             out.append(
                 "[cxr sweep] cannot say whether the best beats the runner-up: re-evaluate at least two "
                 "trials with intervals (hydra.sweeper.trial_evaluation.best_trials=2)"
