@@ -400,14 +400,18 @@ def check_evaluation(cfg: DictConfig) -> None:
     _require(_positive_int(cfg.batch_size), "evaluation.batch_size", cfg.batch_size, "give 1 or more")
 
 
-def check_callbacks(cfg: DictConfig) -> None:
-    """Monitors must be metrics logged each epoch (Keras only warns, then never stops or saves)."""
+def check_monitor(key: str, name: str) -> None:
+    """A monitored name must be logged each epoch (Keras only warns, then never stops or saves)."""
     from cxr.metric_names import epoch_log_names
 
+    _choice(key, name, epoch_log_names())
+
+
+def check_callbacks(cfg: DictConfig) -> None:
     for key in ("early_stopping", "reduce_lr", "checkpoint"):
         node = cfg[key]
         if node.enabled:
-            _choice(f"callbacks.{key}.monitor", node.monitor, epoch_log_names())
+            check_monitor(f"callbacks.{key}.monitor", node.monitor)
             _choice(f"callbacks.{key}.mode", node.mode, MONITOR_MODES)
     for key in ("early_stopping", "reduce_lr"):
         patience = cfg[key].patience

@@ -518,6 +518,15 @@ def test_hydra_finds_the_sweeper_without_importing_optuna_or_mlflow():
     assert out.stdout.split() == ["[]", "True", "True"]
 
 
+def test_an_unknown_pruner_monitor_stops_the_sweep_before_any_trial(tmp_path, data_root):
+    bad = "hydra.sweeper.monitor=val_x"
+    args = sweep_args(tmp_path, data_root, "mon", "+sweep=core", "model=small_cnn", bad)
+    out = run_cli("cxr.train", *args)
+    assert out.returncode == 2
+    assert "cxr: error: hydra.sweeper.monitor='val_x': choose one of loss, auc," in out.stderr
+    assert not (tmp_path / "optuna.db").exists()
+
+
 def test_selection_is_within_noise_when_best_and_runner_up_intervals_overlap():
     from cxr.sweep.best import Selection
 

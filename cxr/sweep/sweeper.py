@@ -20,6 +20,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from cxr.config import check_monitor
 from cxr.errors import CxrError, exit_on_user_error
 from cxr.metric_names import SELECTION_TAG
 from cxr.sweep import best, space
@@ -60,6 +61,7 @@ class CxrOptunaSweeper(Sweeper):
         import optuna
 
         s = self.settings
+        check_monitor("hydra.sweeper.monitor", s.monitor)  # else every trial fails after its first epoch
         searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
