@@ -244,5 +244,5 @@ def test_cli_refuses_a_bad_value_in_one_line_before_reading_data_or_building_a_m
     assert out.returncode == 2, out.stderr[-2000:]
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("cxr: error: ") and override.split()[-1].split("=")[0] in line
-    assert elapsed < 4.0, f"{elapsed:.1f} s"
+    assert elapsed < 5.0, f"{elapsed:.1f} s"  # ~1-2 s; importing Keras alone takes 5 s here
     assert not (tmp_path / "mlflow.db").exists()  # no run was started either
