@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_evaluation, register_configs
 from cxr.console import announce, log
 from cxr.errors import CxrError, exit_on_user_error, run_command
 
@@ -49,8 +49,6 @@ def select_members(client, cfg: DictConfig) -> list:
         kind="single",
         tags=dict(cfg.tags or {}),
     )
-    if cfg.top_k < 1:
-        raise CxrError(f"top_k={cfg.top_k}: an ensemble needs at least one member")
     if not ranked:
         raise CxrError(
             f"no version of {cfg.model_name!r} matches (kind single, with a {model_registry.RANK_METRIC} tag"
@@ -80,6 +78,11 @@ def side_by_side(member_tables: dict[str, pd.DataFrame], ensemble: pd.DataFrame)
 
 
 def build(cfg: DictConfig) -> dict[str, float]:
+    check_evaluation(cfg.evaluation)
+    if cfg.weights not in WEIGHTINGS:
+        raise CxrError(f"weights={cfg.weights!r}: choose one of {', '.join(WEIGHTINGS)}")
+    if cfg.top_k < 1:
+        raise CxrError(f"top_k={cfg.top_k}: an ensemble needs at least one member")
     import mlflow
     from mlflow.tracking import MlflowClient
 

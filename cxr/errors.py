@@ -19,6 +19,17 @@ EXIT_INTERRUPTED = 130
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def shorten(text: str, limit: int) -> str:
+    """`text` whole when it fits in `limit` characters, else its leading words and how much was left out:
+    never cut mid-word (for stores that cap a value's length, such as MLflow tags)."""
+    if len(text) <= limit:
+        return text
+    note = " ... ({} more characters)"
+    head = text[: max(0, limit - len(note.format(len(text))))]
+    head = head[: head.rfind(" ")] if " " in head else head
+    return head.rstrip() + note.format(len(text) - len(head.rstrip()))
+
+
 class CxrError(Exception):
     """A problem with the user's input or environment: the message says what, where and what to do."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_evaluation, register_configs
 from cxr.console import announce, log
 from cxr.errors import CxrError, exit_on_user_error, run_command
 
@@ -52,6 +52,7 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise CxrError(f"split={cfg.split!r}: choose one of {', '.join(SPLITS)}")
+    check_evaluation(cfg.evaluation)
     import mlflow
     from mlflow.tracking import MlflowClient
 

@@ -5,6 +5,9 @@ Names follow MLflow's `/` convention so the UI groups them into sections: `train
 `threshold/Hernia`, `time/fit_s`. Writers (training, evaluation, sweeps) and readers (the
 objective, ranking, promotion, benches, tests) build names here, never from string literals.
 
+Keras's own per-epoch log keys (`val_auc`, what its callbacks monitor) are listed here too, with the
+tags and artifacts of a run's data diagnostics.
+
 Before this scheme, names were flat (`val_auc_mean`, `val_auc_Atelectasis`): `legacy` gives a new
 name's old spelling, so registered versions tagged the old way still rank, and `check_spelling`
 turns an old name given in a config into an error that names the new one.
@@ -102,3 +105,36 @@ def check_validation(name: str, key: str, why: str) -> None:
     check_spelling(name, key)
     if not name.startswith(VAL + SEP):
         raise CxrError(f"{key}={name!r}: choose a validation metric ({RANK}, val/auprc_mean, ...); {why}")
+
+
+# ---------------------------------------------------------------- Keras per-epoch log keys
+# mean over findings with both classes present (cxr.metrics.PresentLabelsAUC)
+AUC = "auc"
+RECALL = "recall"
+PRECISION = "precision"
+SPECIFICITY = "specificity"
+NPV = "npv"
+F1_MICRO = "f1_micro"
+HAMMING_LOSS = "hamming_loss"
+EPOCH_METRICS = (AUC, RECALL, PRECISION, SPECIFICITY, NPV, F1_MICRO, HAMMING_LOSS)
+
+LOSS = "loss"
+LEARNING_RATE = "learning_rate"  # in Keras's logs while reduce_lr is on
+VALIDATION_PREFIX = "val_"
+
+
+def epoch_log_names() -> tuple[str, ...]:
+    """Every key of Keras's per-epoch logs that a callback or the pruner may monitor."""
+    train = (LOSS, *EPOCH_METRICS)
+    return (*train, *(VALIDATION_PREFIX + n for n in train), LEARNING_RATE)
+
+
+SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
+
+# data diagnostics (cxr.counts): artifact and run tags
+COUNTS_ARTIFACT = "data/counts.csv"
+FEW_POSITIVES_TAG = "cxr.few_positives"  # `Hernia: 0 in val; Edema: 1 in train`
+UNDEFINED_TAG = "cxr.undefined"  # `Hernia: no validation positives; Mass: no test positives`
+
+# a sweep's parent run: true when the best and runner-up validation intervals overlap
+SELECTION_TAG = "cxr.selection_within_noise"

@@ -16,12 +16,23 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from cxr import heartbeat, metric_names
-from cxr.errors import CxrError
+from cxr.errors import CxrError, shorten
 from cxr.locking import locked, sqlite_file
 from cxr.masking import mask, mask_values
 
 
-def _artifact_location(root: str, experiment_name: str) -> str:
+def artifact_root(cfg) -> str | None:
+    """`tracking.artifact_root`, or by default the `artifacts` folder beside a SQLite database, found
+    where the database is (not the working directory); None leaves a server's default to the server."""
+    if cfg.artifact_root:
+        return cfg.artifact_root
+    db = sqlite_file(cfg.uri)
+    return str(db.parent / "artifacts") if db is not None else None
+
+
+def _artifact_location(root: str | None, experiment_name: str) -> str | None:
+    if root is None:
+        return None
     leaf = re.sub(r"[^\w.-]+", "_", experiment_name)
     if "://" in root:
         return f"{root.rstrip('/')}/{leaf}"
@@ -44,8 +55,9 @@ def _check_local_store(cfg, db: Path) -> None:
     _check_writable(db.parent, "the MLflow store's", "tracking.uri")
     if db.exists() and not os.access(db, os.W_OK):
         raise CxrError(f"the MLflow store {db} is read-only (tracking.uri); make it writable")
-    if "://" not in cfg.artifact_root:
-        _check_writable(Path(cfg.artifact_root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
+    root = artifact_root(cfg)
+    if root is not None and "://" not in root:
+        _check_writable(Path(root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
 
 
 def _experiment_id(cfg) -> str:
@@ -54,7 +66,7 @@ def _experiment_id(cfg) -> str:
         if experiment is not None:
             return experiment.experiment_id
         return mlflow.create_experiment(
-            cfg.experiment_name, artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name)
+            cfg.experiment_name, artifact_location=_artifact_location(artifact_root(cfg), cfg.experiment_name)
         )
     except mlflow.exceptions.MlflowException as err:
         raise CxrError(f"MLflow store {mask(cfg.uri)} is not usable: {err}") from None
@@ -260,7 +272,7 @@ def tracked_run(
         except BaseException as err:
             status, state = _ending(err)
             if status == "FAILED":
-                mlflow.set_tag(ERROR_TAG, mask(f"{type(err).__name__}: {err}")[:5000])
+                mlflow.set_tag(ERROR_TAG, shorten(mask(f"{type(err).__name__}: {err}"), 5000))
             elif state is None:
                 mlflow.set_tag(KILLED_TAG, f"interrupted ({type(err).__name__})")
             if reporter is not None and state is not None:

@@ -16,8 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cxr import metric_names as mn
-from cxr.backend import check_trainer
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_training, register_configs
 from cxr.console import announce, fit_verbosity, log
 from cxr.errors import CxrError, exit_on_user_error, run_command
 
@@ -62,19 +61,35 @@ def _objective(evaluation, name: str) -> float:
     return evaluation.metrics[name]
 
 
+def log_counts(data, min_positives: int) -> None:
+    """Per-split, per-finding counts as an artifact of the active run; findings with too few positives
+    in a split as a warning on stderr and the run tag `cxr.few_positives`."""
+    import mlflow
+
+    from cxr.counts import count_table, scarce, scarcity_note, scarcity_warning
+    from cxr.metric_names import COUNTS_ARTIFACT, FEW_POSITIVES_TAG
+
+    counts = count_table(data.labels, data.patients, data.rows, data.pathologies)
+    mlflow.log_text(counts.to_csv(), COUNTS_ARTIFACT)
+    few = scarce(counts, min_positives)
+    if len(few):
+        mlflow.set_tag(FEW_POSITIVES_TAG, scarcity_note(few))
+        log.warning(f"cxr: warning: {scarcity_warning(few, min_positives)}")
+
+
 def fit(cfg: DictConfig, data, reporter=None):
     """Build, compile and fit the configured model on `data`'s train split; returns (model, history)."""
     import keras
 
     from cxr import backend, tracking
-    from cxr.callbacks import build_callbacks
+    from cxr.callbacks import build_callbacks, monitored
     from cxr.data.pipeline import make_dataset
     from cxr.losses import build_loss, loss_callbacks
     from cxr.metrics import epoch_metrics
     from cxr.models import build_model
     from cxr.optimizers import build_optimizer
 
-    t = cfg.trainer  # checked by train() before any work (check_trainer)
+    t = cfg.trainer  # checked by train() before any work (check_training)
     if t.deterministic:
         backend.enable_determinism()
     keras.utils.set_random_seed(cfg.seed)
@@ -96,6 +111,7 @@ def fit(cfg: DictConfig, data, reporter=None):
         tracking.epoch_logger(),
         *([reporter.callback()] if reporter is not None else []),
     ]
+    print(f"cxr: {monitored(cfg.callbacks, reporter.monitor if reporter is not None else None)}", flush=True)
     history = model.fit(
         make_dataset(
             data.images,
@@ -161,8 +177,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
     from cxr.data.splits import write_split_csv
     from cxr.sweep.reporter import open_reporter
 
+    check_training(cfg)  # every value, before any data is read or model built
     check_optimized_metric(cfg.optimized_metric)
-    check_trainer(cfg.trainer)
     started = time.perf_counter()
     reporter = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)
@@ -181,6 +197,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
         mlflow.log_artifact(str(write_split_csv(data.table, output_dir / "split.csv")))
         log_dataset_inputs(data, cfg.dataset.name)
         mlflow.log_params({f"data.n_{s}_images": len(r) for s, r in data.rows.items()})  # constant: no chart
+        log_counts(data, cfg.dataset.min_positives)
         with tracking.timed("fit"):
             model, history = fit(cfg, data, reporter)
         mlflow.log_metric(mn.EPOCHS_TRAINED, len(history.epoch))

@@ -31,7 +31,9 @@ class TrialEvaluationConf:
 
     bootstrap_resamples: int = 0  # evaluation.bootstrap.resamples of each trial (0: no intervals)
     plots: bool = False  # evaluation.plots of each trial
-    best_trials: int = 1  # at the end, the best completed trials re-evaluated with intervals and plots
+    # at the end, the best completed trials re-evaluated with intervals and plots; 2 or more lets the
+    # summary say whether the best trial's interval overlaps the runner-up's
+    best_trials: int = 2
     # a finished trial logs and registers its model only while it ranks among the best `keep_models`
     # completed trials of the study (null: every trial); a trial outside them can never enter them later
     keep_models: int | None = 10

@@ -20,9 +20,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from cxr import heartbeat, metric_names
+from cxr import heartbeat
+from cxr.config import check_sweep_monitor
 from cxr.errors import CxrError, exit_on_user_error
 from cxr.masking import mask
+from cxr.metric_names import SELECTION_TAG
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
 from cxr.sweep.study import RUN_ID_ATTR, create_or_join, storage_url
@@ -62,7 +64,7 @@ class CxrOptunaSweeper(Sweeper):
 
         s = self.settings
         best.check_trial_evaluation(s.trial_evaluation)
-        metric_names.check_spelling(s.monitor, "hydra.sweeper.monitor")
+        check_sweep_monitor("hydra.sweeper.monitor", s.monitor)  # else every trial fails after an epoch
         searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +247,17 @@ class CxrOptunaSweeper(Sweeper):
                     file=sys.stderr,
                 )
 
+    def _report_selection(self, study: optuna.Study, parent: ParentRun) -> None:
+        """The best trials' validation values with intervals, and whether best and runner-up overlap."""
+        s, cfg = self.settings, self.config
+        chosen = best.selection(
+            study, max(s.trial_evaluation.best_trials, 2), s.direction, cfg.optimized_metric, cfg.tracking.uri
+        )
+        for line in chosen.lines(cfg.evaluation.bootstrap.confidence):
+            print(line)
+        if chosen.within_noise is not None:
+            parent.client.set_tag(parent.run_id, SELECTION_TAG, str(chosen.within_noise).lower())
+
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
         from optuna.trial import TrialState
 
@@ -263,5 +276,6 @@ class CxrOptunaSweeper(Sweeper):
             chosen = " ".join(f"{k}={v}" for k, v in best.params.items())
             print(f"[cxr sweep] best trial {best.number}: value {best.value:.4f} with {chosen}")
             print(f"[cxr sweep] best trial's MLflow run: {best.user_attrs.get(RUN_ID_ATTR)}")
+            self._report_selection(study, parent)
         print(f"[cxr sweep] MLflow parent run: {parent.run_id}; {parent.ui_command()}")
         print(f"[cxr sweep] the study itself: optuna-dashboard {mask(url)}", flush=True)
