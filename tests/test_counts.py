@@ -63,14 +63,14 @@ def test_thresholds_without_validation_positives_are_undefined_with_the_reason_n
     predictions["test"].scores[:, infiltration] = 1.0  # every test image called positive: no NPV
     cfg = OmegaConf.structured(EvaluationConfig(bootstrap=BootstrapConfig(resamples=20)))
     evaluation = evaluate_predictions(predictions, cfg, data.pathologies)
-    assert "threshold_Infiltration" in evaluation.metrics
-    assert "test_npv_Infiltration" not in evaluation.metrics
+    assert "threshold/Infiltration" in evaluation.metrics
+    assert "test/npv/Infiltration" not in evaluation.metrics
     none_negative = "no image called negative in test (NPV)"
     assert evaluation.tables["test"].loc["Infiltration", "undefined"] == none_negative
     assert evaluation.undefined["Infiltration"] == none_negative
     assert all(np.isfinite(v) for v in evaluation.metrics.values())
-    assert "threshold_Hernia" not in evaluation.metrics and "test_auc_Hernia" in evaluation.metrics
-    assert "test_sensitivity_Hernia" not in evaluation.metrics and "val_auc_Hernia" not in evaluation.metrics
+    assert "threshold/Hernia" not in evaluation.metrics and "test/auc/Hernia" in evaluation.metrics
+    assert "test/sensitivity/Hernia" not in evaluation.metrics and "val/auc/Hernia" not in evaluation.metrics
     assert evaluation.thresholds["thresholds"]["Hernia"] is None
     assert evaluation.thresholds["undefined"]["Hernia"] == "no validation positives"
     assert evaluation.undefined["Hernia"] == "no validation positives"
@@ -92,7 +92,7 @@ def test_a_real_run_logs_counts_and_warns_about_scarce_findings(real, tmp_path):
     assert "Hernia: 0 in train, 0 in val, 1 in test" in run.data.tags[FEW_POSITIVES_TAG]
     assert "Hernia: no validation positives" in run.data.tags[UNDEFINED_TAG]
     assert all(np.isfinite(v) for v in run.data.metrics.values())
-    assert "threshold_Hernia" not in run.data.metrics
+    assert "threshold/Hernia" not in run.data.metrics
     folder = client.download_artifacts(run.info.run_id, "", str(tmp_path))
     counts = (tmp_path / COUNTS_ARTIFACT).read_text()
     assert counts.startswith("split,finding,positives,negatives,patients_positive") and folder
