@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from cxr import metric_names as mn
 from cxr import tracking
 from cxr.config import TrackingConfig
 from tests.conftest import REPO, TINY, run_cli, store_overrides
@@ -68,7 +69,7 @@ def train_process(tmp: Path, *extra: str) -> subprocess.Popen:
 def running_run(tmp: Path):
     """The RUNNING run of the store once it has logged an epoch (mid-fit)."""
     (run,) = client(tmp).search_runs(["1"], "attributes.status = 'RUNNING'")
-    return run if "time_epoch_s" in run.data.metrics else None
+    return run if mn.timing("epoch") in run.data.metrics else None
 
 
 # ---------------------------------------------------------------- 1. dead trials
@@ -274,6 +275,7 @@ def test_a_model_with_a_lambda_layer_is_refused_in_one_line_saying_why_and_what_
     outputs = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs)
     spec = ModelSpec(["Mass"], {"Mass": 0.5}, [32], [1.0])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    mlflow.set_experiment("lambda")  # this store's, whatever experiment an earlier test made active
     with mlflow.start_run() as run:
         log_model([keras.Model(inputs, outputs)], spec)
     Image.new("L", (32, 32)).save(tmp_path / "x.png")

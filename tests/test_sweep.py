@@ -97,9 +97,9 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
     assert parent.info.status == "FINISHED"
     assert f"best trial {study.best_trial.number}: value {study.best_value:.4f}" in first.stdout
     assert "optuna-dashboard sqlite:///" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
-    top = sorted(children, key=lambda c: c.data.metrics["val_auc_mean"], reverse=True)[:2]
+    top = sorted(children, key=lambda c: c.data.metrics[mn.OPTIMIZED], reverse=True)[:2]
     (a, a_low, a_high), (b, b_low, b_high) = [
-        [c.data.metrics[f"val_auc_mean{k}"] for k in ("", "_ci_low", "_ci_high")] for c in top
+        [c.data.metrics[k] for k in (mn.OPTIMIZED, *mn.interval(mn.OPTIMIZED))] for c in top
     ]
     assert f"{a:.4f} [{a_low:.4f}, {a_high:.4f}]" in first.stdout and f"{b:.4f} [{b_low:.4f}," in first.stdout
     overlap = a_low <= b_high and b_low <= a_high
@@ -177,7 +177,8 @@ def test_a_trial_logs_its_model_only_while_it_ranks_among_the_best_kept(tmp_path
         tmp_path, data_root, "keep", "+sweep=core", "model=small_cnn", "hydra.sweeper.n_trials=4"
     )
     args = [a for a in args if a != "tracking.log_model=false"]
-    out = run_cli("cxr.train", *args, *REGISTER, "hydra.sweeper.trial_evaluation.keep_models=1")
+    keep = ["hydra.sweeper.trial_evaluation.keep_models=1", "hydra.sweeper.trial_evaluation.best_trials=1"]
+    out = run_cli("cxr.train", *args, *REGISTER, *keep)
     assert out.returncode == 0, out.stderr[-3000:]
     trials = load(tmp_path, "keep").trials
     kept = {

@@ -108,8 +108,8 @@ def _only_run(cfg):
 def test_a_run_that_raises_ends_failed(compose_cfg, tmp_path):
     # a bad value is refused before the run starts (tests/test_config.py); this name is known only
     # once the run has its metrics
-    cfg = compose_cfg([*TINY, *store_overrides(tmp_path), "optimized_metric=val_auc_Nosuch"])
-    with pytest.raises(CxrError, match="val_auc_Nosuch"):
+    cfg = compose_cfg([*TINY, *store_overrides(tmp_path), "optimized_metric=val/auc/Nosuch"])
+    with pytest.raises(CxrError, match="val/auc/Nosuch"):
         train(cfg)
     assert _only_run(cfg).info.status == "FAILED"
 
