@@ -22,8 +22,13 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
-def _artifact_location(root: str, experiment_name: str) -> str:
+def _artifact_location(root: str, experiment_name: str, uri: str = "") -> str | None:
+    """Where a new experiment keeps its artifacts. Against a tracking server (http[s]://) a local
+    `artifact_root` is this machine's folder, which no other machine sees: the server's own default
+    (its --artifacts-destination, served through it) applies instead; a URL root (s3://...) is kept."""
     leaf = re.sub(r"[^\w.-]+", "_", experiment_name)
+    if uri.startswith(("http://", "https://")) and "://" not in root:
+        return None
     if "://" in root:
         return f"{root.rstrip('/')}/{leaf}"
     return (Path(root).expanduser().resolve() / leaf).as_uri()
@@ -40,7 +45,7 @@ def configure(cfg) -> str:
         if experiment is None:
             experiment_id = mlflow.create_experiment(
                 cfg.experiment_name,
-                artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name),
+                artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name, cfg.uri),
             )
         else:
             experiment_id = experiment.experiment_id
