@@ -255,6 +255,11 @@ class TrackingConfig:
     run_name: str | None = None
     log_model: bool = True
     registered_model_name: str | None = None  # also register the model under this name
+    # A run records its host, pid and a last-seen tag every heartbeat_interval_s; a later cxr.train (or the
+    # sweeper, for its trials) marks a RUNNING run KILLED when its process is gone (same host) or when it
+    # was last seen more than orphan_grace_s ago (any host).
+    heartbeat_interval_s: float = 30.0
+    orphan_grace_s: float = 600.0
 
 
 # ---------------------------------------------------------------- sweep job

@@ -20,7 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import CxrError, exit_on_user_error
+from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
 
@@ -173,4 +173,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

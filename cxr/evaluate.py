@@ -7,13 +7,11 @@ and the requested split, and writes the same metrics, tables and plots `cxr.trai
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import CxrError, exit_on_user_error
+from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
 
@@ -91,4 +89,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import exit_on_user_error
+from cxr.errors import exit_on_user_error, run_command
 
 register_configs()
 
@@ -45,4 +45,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -8,7 +8,6 @@ and the top candidates. Single models and ensembles are promoted alike.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import hydra
@@ -16,7 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import CxrError, exit_on_user_error
+from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
 
@@ -114,4 +113,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

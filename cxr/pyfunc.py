@@ -60,7 +60,6 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         return model
 
     def load_context(self, context) -> None:
-        import keras
 
         import cxr.losses  # noqa: F401  (registers the custom classes the saved members refer to)
         import cxr.metrics  # noqa: F401
@@ -70,8 +69,7 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         for module in self.spec.imports:  # a model built by the user's own code (a `_target_` option)
             importlib.import_module(module)
         self.members = [
-            keras.saving.load_model(context.artifacts[f"member_{i}"], compile=False)
-            for i in range(len(self.spec.image_sizes))
+            load_keras(context.artifacts[f"member_{i}"]) for i in range(len(self.spec.image_sizes))
         ]
 
     # ------------------------------------------------------------------ numbers
@@ -124,6 +122,24 @@ def _decode(value, row: int) -> np.ndarray:
         return read_grey(data)
     except (binascii.Error, *IMAGE_ERRORS) as err:
         raise CxrError(f"row {row} of column {IMAGE_COLUMN!r} is not a base64-encoded image: {err}") from None
+
+
+def load_keras(path: str):
+    """A saved Keras model, in Keras's safe mode: a file that holds Python code (a `Lambda` layer's
+    function) is refused, as loading would run it, with a CxrError that says so and what to do."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except ValueError as err:
+        if "safe_mode" not in str(err):
+            raise
+        raise CxrError(
+            f"{path} was refused by Keras's safe mode: it holds Python code (a Lambda layer's function), "
+            "which loading would run. Rebuild the model with registered Layer subclasses instead of Lambda "
+            "(README: Extending cxr); only for a file you trust, load it yourself with "
+            "keras.saving.load_model(path, safe_mode=False)"
+        ) from None
 
 
 def log_model(

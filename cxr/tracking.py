@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -13,13 +15,11 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from cxr import heartbeat
 from cxr.errors import CxrError
+from cxr.locking import locked, sqlite_file
 
 _KERAS_RENAMES = {"loss": "train_loss", "learning_rate": "lr"}
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def _artifact_location(root: str, experiment_name: str, uri: str = "") -> str | None:
@@ -34,23 +34,53 @@ def _artifact_location(root: str, experiment_name: str, uri: str = "") -> str | 
     return (Path(root).expanduser().resolve() / leaf).as_uri()
 
 
-def configure(cfg) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
-    db = _sqlite_path(cfg.uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(cfg.uri)
+def _check_writable(folder: Path, what: str, setting: str) -> None:
+    """Fail at once, naming the folder, where SQLite would retry a read-only store for half a minute."""
+    existing = folder  # the folder, or the nearest parent that exists, where the folder would be made
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CxrError(
+            f"{what} folder {folder} is read-only ({setting}); make it writable or point {setting} "
+            "at a writable folder"
+        )
+
+
+def _check_local_store(cfg, db: Path) -> None:
+    _check_writable(db.parent, "the MLflow store's", "tracking.uri")
+    if db.exists() and not os.access(db, os.W_OK):
+        raise CxrError(f"the MLflow store {db} is read-only (tracking.uri); make it writable")
+    if "://" not in cfg.artifact_root:
+        _check_writable(Path(cfg.artifact_root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
+
+
+def _experiment_id(cfg) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
-        if experiment is None:
-            experiment_id = mlflow.create_experiment(
-                cfg.experiment_name,
-                artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name, cfg.uri),
-            )
-        else:
-            experiment_id = experiment.experiment_id
+        if experiment is not None:
+            return experiment.experiment_id
+        return mlflow.create_experiment(
+            cfg.experiment_name,
+            artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name, cfg.uri),
+        )
     except mlflow.exceptions.MlflowException as err:
         raise CxrError(f"MLflow store {cfg.uri} is not usable: {err}") from None
+
+
+def configure(cfg) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id.
+
+    A local SQLite store is created (schema migrations, the experiment) under a lock beside it: processes
+    creating one store together (a joblib multirun on a fresh clone) otherwise race in the migrations."""
+    db = sqlite_file(cfg.uri)
+    mlflow.set_tracking_uri(cfg.uri)
+    if db is None:
+        experiment_id = _experiment_id(cfg)
+    else:
+        _check_local_store(cfg, db)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with locked(db):
+            experiment_id = _experiment_id(cfg)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -96,6 +126,9 @@ def run_tags(overrides: list[str]) -> dict[str, str]:
 
 
 ERROR_TAG = "cxr.error"
+# Who owns a RUNNING run, and when it was last seen (Unix seconds): what finds the runs whose process died.
+HOST_TAG, PID_TAG, SEEN_TAG = "cxr.host", "cxr.pid", "cxr.last_seen"
+KILLED_TAG = "cxr.killed_reason"  # why a run ended KILLED: Ctrl-C, or its process found dead
 
 
 def _ending(err: BaseException) -> tuple[str, str | None]:
@@ -107,6 +140,63 @@ def _ending(err: BaseException) -> tuple[str, str | None]:
     return "FAILED", "FAIL"
 
 
+def _owner_tags() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), SEEN_TAG: str(int(time.time()))}
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process `pid` runs on this machine (a killed child its parent has not reaped is gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "Z"
+
+
+def orphan_reason(tags: Mapping[str, str], grace_s: float, now: float | None = None) -> str | None:
+    """Why a RUNNING run with these tags has no live owner, or None while it may have one: on this host its
+    process is gone; on any host it was last seen more than `grace_s` ago. Runs cxr.train did not start
+    (no owner tags: a sweep's parent run, another tool's) are never judged."""
+    if HOST_TAG not in tags or PID_TAG not in tags:
+        return None
+    host, pid = tags[HOST_TAG], int(tags[PID_TAG])
+    age = (now or time.time()) - float(tags.get(SEEN_TAG, 0))
+    if host == socket.gethostname() and _process_gone(pid):
+        return f"its process {pid} on {host} is gone (last seen {age:.0f} s ago)"
+    if age > grace_s:
+        return f"its process {pid} on {host} was last seen {age:.0f} s ago (grace {grace_s:g} s)"
+    return None
+
+
+def end_killed(client, run_id: str, reason: str) -> None:
+    """End a run KILLED with the reason as the tag `cxr.killed_reason`."""
+    client.set_tag(run_id, KILLED_TAG, reason[:5000])
+    client.set_terminated(run_id, "KILLED")
+
+
+def reap_orphans(client, experiment_ids: list[str], grace_s: float, where: str = "") -> list[str]:
+    """Mark KILLED every RUNNING run of the experiments (matching the MLflow filter `where`) whose owner is
+    gone (`orphan_reason`); returns their ids. Called at every cxr.train start and by a resumed sweep."""
+    query = " and ".join(filter(None, ["attributes.status = 'RUNNING'", where]))
+    reaped, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=500, page_token=token)
+        for run in page:
+            reason = orphan_reason(run.data.tags, grace_s)
+            if reason:
+                end_killed(client, run.info.run_id, f"orphaned: {reason}")
+                reaped.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return reaped
+
+
 @contextmanager
 def tracked_run(
     cfg: DictConfig, overrides: list[str], reporter=None, run_name: str | None = None
@@ -115,35 +205,60 @@ def tracked_run(
     resolved config, and its final state whatever happens inside:
 
     finished -> FINISHED; an exception -> FAILED with tag `cxr.error`; optuna.TrialPruned -> KILLED;
-    Ctrl-C -> KILLED. For a sweep trial (`reporter`, the job's Optuna trial) the run is a child of the
-    sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
+    Ctrl-C -> KILLED with tag `cxr.killed_reason`. For a sweep trial (`reporter`, the job's Optuna trial)
+    the run is a child of the sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
+
+    While it runs, the run's last-seen tag (and a trial's Optuna heartbeat) is renewed by a background
+    thread, and before it starts, the experiment's runs whose process died are marked KILLED.
     """
+    from contextlib import ExitStack
+
+    from mlflow.tracking import MlflowClient
+
     from cxr.sweep.reporter import STATE_TAG
 
-    configure(cfg.tracking)
-    options: dict[str, Any] = {"run_name": cfg.tracking.run_name or run_name}
+    t = cfg.tracking
+    experiment_id = configure(t)
+    client = MlflowClient(t.uri)
+    reap_orphans(client, [experiment_id], t.orphan_grace_s)
+    options: dict[str, Any] = {"run_name": t.run_name or run_name, "tags": _owner_tags()}
     if reporter is not None:
         options = {
-            "run_name": cfg.tracking.run_name or f"{reporter.study_name}-trial-{reporter.number}",
+            "run_name": t.run_name or f"{reporter.study_name}-trial-{reporter.number}",
             "parent_run_id": reporter.parent_run_id,
-            "tags": {"optuna.study_name": reporter.study_name, "optuna.trial_number": str(reporter.number)},
+            "tags": {
+                **options["tags"],
+                "optuna.study_name": reporter.study_name,
+                "optuna.trial_number": str(reporter.number),
+            },
         }
     run = mlflow.start_run(**options)
-    try:
+    run_id = run.info.run_id
+    with ExitStack() as alive:
+        alive.enter_context(
+            heartbeat.beating(
+                lambda: client.set_tag(run_id, SEEN_TAG, str(int(time.time()))), t.heartbeat_interval_s
+            )
+        )
         if reporter is not None:
-            reporter.record_run(run.info.run_id)
-        mlflow.set_tags(run_tags(overrides))
-        mlflow.log_params(config_params(cfg))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        yield run.info.run_id
-    except BaseException as err:
-        status, state = _ending(err)
-        if status == "FAILED":
-            mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
-        if reporter is not None and state is not None:
-            mlflow.set_tag(STATE_TAG, state)
-        mlflow.end_run(status)
-        raise
+            alive.enter_context(reporter.heartbeat())
+        try:
+            if reporter is not None:
+                reporter.record_run(run_id)
+            mlflow.set_tags(run_tags(overrides))
+            mlflow.log_params(config_params(cfg))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            yield run_id
+        except BaseException as err:
+            status, state = _ending(err)
+            if status == "FAILED":
+                mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+            elif state is None:
+                mlflow.set_tag(KILLED_TAG, f"interrupted ({type(err).__name__})")
+            if reporter is not None and state is not None:
+                mlflow.set_tag(STATE_TAG, state)
+            mlflow.end_run(status)
+            raise
     if reporter is not None:
         mlflow.set_tag(STATE_TAG, "COMPLETE")
     mlflow.end_run("FINISHED")

@@ -5,7 +5,6 @@ Returns the configured `optimized_metric` (default val_auc_mean), the value swee
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from omegaconf import DictConfig
 
 from cxr.backend import check_trainer
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import CxrError, exit_on_user_error
+from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
 
@@ -235,4 +234,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

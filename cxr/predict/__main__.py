@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
-from cxr.errors import EXIT_USER_ERROR, CxrError, exit_on_user_error
+from cxr.errors import EXIT_USER_ERROR, CxrError, exit_on_user_error, run_command
 
 register_configs()
 
@@ -111,4 +111,4 @@ def model_alias(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv[1:] = model_alias(sys.argv[1:])
-    sys.exit(main())
+    run_command(main)

@@ -83,6 +83,23 @@ class ParentRun:
             self.client.log_text(self.run_id, summary.to_csv(), "summary.csv")
         self.client.set_terminated(self.run_id, "FINISHED")
 
+    def reap_children(self, grace_s: float) -> list[str]:
+        """End KILLED the study's RUNNING trial runs whose process is gone (`tracking.reap_orphans`)."""
+        from cxr import tracking
+
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        where = f"tags.mlflow.parentRunId = '{self.run_id}'"
+        return tracking.reap_orphans(self.client, [experiment_id], grace_s, where)
+
+    def end_killed(self, run_id: str, reason: str) -> None:
+        """End a trial's run KILLED with `reason`, unless it has ended already."""
+        from cxr import tracking
+        from cxr.sweep.reporter import STATE_TAG
+
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_tag(run_id, STATE_TAG, "FAIL")
+            tracking.end_killed(self.client, run_id, reason)
+
     def ui_command(self) -> str:
         from cxr import tracking
 

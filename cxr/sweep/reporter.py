@@ -8,9 +8,11 @@ job on any machine rebuilds the same pruner from the storage URL alone.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 
+from cxr import heartbeat
 from cxr.errors import CxrError
-from cxr.sweep.study import MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
+from cxr.sweep.study import HEARTBEAT_ATTR, MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
 
 STATE_TAG = "optuna.state"  # the MLflow tag of a trial's run: COMPLETE, PRUNED or FAIL
 
@@ -29,6 +31,8 @@ class TrialReporter:
             pruner=build_pruner(attrs.get(PRUNER_ATTR, {})),
         )
         self.trial = optuna.trial.Trial(study, cfg_optuna.trial_id)
+        self.storage = storage
+        self.heartbeat_interval: int | None = attrs.get(HEARTBEAT_ATTR, {}).get("heartbeat_interval")
         self.monitor: str = attrs.get(MONITOR_ATTR, "val_auc")
         self.number: int = cfg_optuna.trial_number
         self.study_name: str = cfg_optuna.study_name
@@ -57,6 +61,14 @@ class TrialReporter:
                     self.model.stop_training = True
 
         return OptunaPruning()
+
+    def heartbeat(self) -> AbstractContextManager:
+        """Renew the trial's Optuna heartbeat from this process (the one that runs the trial, wherever the
+        launcher put it) while the block runs; when the process dies, the sweep fails and reruns the trial."""
+        if not self.heartbeat_interval:
+            return nullcontext()
+        trial_id = self.trial._trial_id
+        return heartbeat.beating(lambda: self.storage.record_heartbeat(trial_id), self.heartbeat_interval)
 
     def record_run(self, run_id: str) -> None:
         """Store the job's MLflow run id on its trial (the sweep's summary names the best trial's run)."""

@@ -43,6 +43,12 @@ class CxrOptunaSweeperConf:
     n_trials: int = 20  # new trials this command runs (a rerun adds as many again)
     timeout: float | None = None  # seconds; no new trial starts after it
     n_jobs: int = 1  # trials launched together; they run in parallel with a parallel launcher
+    # A trial's process renews its heartbeat every heartbeat_interval s; a RUNNING trial silent for
+    # grace_period s (its worker was killed, its machine lost) is failed by the next sweep command on the
+    # study, any worker's, and queued again with the same parameters up to max_retry times.
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retry: int = 2
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     params: dict[str, str] = field(default_factory=dict)  # key: choice(...) | interval(...) | ...

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from cxr.errors import CxrError
+from cxr.locking import locked, sqlite_file
 from cxr.sweep import space
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
@@ -23,6 +23,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 # user attributes of the study ...
 PRUNER_ATTR = "cxr.pruner"  # the pruner's settings, for each job to rebuild it
 MONITOR_ATTR = "cxr.monitor"  # the metric each trial reports every epoch
+HEARTBEAT_ATTR = "cxr.heartbeat"  # heartbeat_interval, grace_period, max_retry: for each job to beat
 PARENT_ATTR = "mlflow_parent_run_id"  # the study's MLflow parent run
 # ... and of each trial
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
@@ -43,25 +44,58 @@ def safe_url(url: str) -> str:
         return url
 
 
-def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+def heartbeat_settings(settings) -> dict[str, Any]:
+    """The sweeper's heartbeat settings, as the study stores them for its jobs."""
+    return {k: settings[k] for k in ("heartbeat_interval", "grace_period", "max_retry")}
+
+
+def rdb_storage(
+    url: str, heartbeat: Mapping[str, Any] | None = None, attempts: int = 5
+) -> optuna.storages.RDBStorage:
     """An Optuna storage; SQLite waits for a lock instead of failing when several workers write.
 
-    Workers that start together on a new database race to create its tables; the loser's insert
-    fails, and a moment later the tables are there, so creation is retried a few times.
+    With `heartbeat` (`heartbeat_settings`), the storage keeps each trial's heartbeat, and
+    `optuna.storages.fail_stale_trials` fails a RUNNING trial whose heartbeat is older than the grace
+    period and queues it again (WAITING, same parameters) up to `max_retry` times: one mechanism for every
+    Optuna storage with heartbeats, SQLite on one machine as PostgreSQL for many.
+
+    Workers that start together on a new database race to create its tables: a new SQLite file is
+    created under a lock beside it; a database server's loser is retried a few times.
     """
     import optuna
 
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if heartbeat is not None:
+        kwargs.update(
+            heartbeat_interval=heartbeat["heartbeat_interval"],
+            grace_period=heartbeat["grace_period"],
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=heartbeat["max_retry"]
+            ),
+        )
+    db = sqlite_file(url)
+    if db is None:
+        return _open(url, kwargs, attempts)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with locked(db):
+        return _open(url, kwargs, 1)
+
+
+def _open(url: str, kwargs: dict[str, Any], attempts: int) -> optuna.storages.RDBStorage:
+    import optuna
+
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as err:  # SQLAlchemy raises many types for a bad URL or an unreachable server
             if (
                 attempt + 1 == attempts
                 or "UNIQUE constraint" not in str(err)
                 and "already exists" not in str(err)
             ):
-                raise CxrError(f"Optuna storage {url!r} is not usable: {err}") from None
+                raise CxrError(f"Optuna storage {safe_url(url)!r} is not usable: {err}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -121,9 +155,7 @@ def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bo
     """
     import optuna
 
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    storage = rdb_storage(url)
+    storage = rdb_storage(url, heartbeat_settings(settings))
     sampler = build_sampler(settings.sampler, searched)
     pruner = build_pruner(settings.pruner)
     if settings.direction not in ("maximize", "minimize"):
@@ -150,4 +182,5 @@ def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bo
             ) from None
     study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(settings.pruner))
     study.set_user_attr(MONITOR_ATTR, settings.monitor)
+    study.set_user_attr(HEARTBEAT_ATTR, heartbeat_settings(settings))
     return study, created

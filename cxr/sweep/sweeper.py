@@ -20,6 +20,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from cxr import heartbeat
 from cxr.errors import CxrError, exit_on_user_error
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
@@ -67,6 +68,7 @@ class CxrOptunaSweeper(Sweeper):
         url = storage_url(s.storage)
         study, created = create_or_join(s, url, searched)
         parent = ParentRun.open(self.config.tracking, study, created, searched, s, url)
+        self._recover(study, parent)
         grid = space.grid(searched) if s.sampler.name == "grid" else None
         given = {*fixed, *searched}
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + best.trial_overrides(s.trial_evaluation, given)
@@ -81,6 +83,8 @@ class CxrOptunaSweeper(Sweeper):
             if grid is not None and self._grid_done(study, grid):
                 print(f"[cxr sweep] all {math.prod(map(len, grid.values()))} grid points have a trial")
                 break
+            if ran:
+                self._recover(study, parent)  # another worker's trials may have died meanwhile
             size = min(s.n_jobs, s.n_trials - ran)
             trials = [study.ask(searched) for _ in range(size)]
             batch = [
@@ -97,7 +101,8 @@ class CxrOptunaSweeper(Sweeper):
                 for t in trials:
                     study.tell(t, state=optuna.trial.TrialState.FAIL)
                 raise CxrError(f"a trial's config does not compose: {err}") from None
-            returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            with heartbeat.beating(self._beat(study, trials), s.heartbeat_interval):
+                returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += size
             for t, ret in zip(trials, returns, strict=True):
                 self._tell(study, t, ret)
@@ -118,10 +123,47 @@ class CxrOptunaSweeper(Sweeper):
         ]
 
     @staticmethod
-    def _grid_done(study: optuna.Study, grid: dict[str, list]) -> bool:
-        """Every grid point has a trial, running or finished (failed too, as Optuna's GridSampler counts)."""
+    def _beat(study: optuna.Study, trials: list[optuna.Trial]):
+        """The heartbeat of a launched batch, from the sweeper while its jobs start and run: each job
+        renews its own too (`TrialReporter.heartbeat`), which is what counts when jobs run in other
+        processes (the joblib launcher)."""
+
+        def beat() -> None:
+            for trial in trials:
+                study._storage.record_heartbeat(trial._trial_id)
+
+        return beat
+
+    def _recover(self, study: optuna.Study, parent: ParentRun) -> None:
+        """Trials whose worker died (no heartbeat for `grace_period` s) become FAIL and are queued again
+        (`max_retry`); their runs, and the study's runs whose process is gone, end KILLED."""
+        import optuna
         from optuna.trial import TrialState
 
+        s = self.settings
+        running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial._trial_id not in running:
+                continue
+            print(
+                f"[cxr sweep] trial {trial.number} stopped beating for {s.grace_period} s (its worker died): "
+                f"FAIL, run again up to {s.max_retry} times",
+                file=sys.stderr,
+            )
+            run_id = trial.user_attrs.get(RUN_ID_ATTR)
+            if run_id:
+                parent.end_killed(run_id, f"trial {trial.number} had no heartbeat for {s.grace_period} s")
+        parent.reap_children(self.config.tracking.orphan_grace_s)
+
+    @staticmethod
+    def _grid_done(study: optuna.Study, grid: dict[str, list]) -> bool:
+        """Every grid point has a trial, running or finished (failed too, as Optuna's GridSampler counts),
+        and no trial waits to be run again (a dead worker's, `_recover`)."""
+        from optuna.trial import TrialState
+
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return False
         keys = list(grid)
         taken = {
             tuple(t.params.get(k) for k in keys)
@@ -133,9 +175,10 @@ class CxrOptunaSweeper(Sweeper):
     @staticmethod
     def _record(study: optuna.Study, trial: optuna.Trial, *args, **kwargs) -> None:
         """study.tell; the grid sampler's "grid exhausted" stop() only works inside optimize(), and
-        Optuna has stored the trial's state before it raises."""
+        Optuna has stored the trial's state before it raises. A trial another worker failed as dead
+        meanwhile (a stall longer than the grace period) keeps that state."""
         try:
-            study.tell(trial, *args, **kwargs)
+            study.tell(trial, *args, skip_if_finished=True, **kwargs)
         except RuntimeError as err:
             if "Study.stop" not in str(err):
                 raise
