@@ -121,3 +121,58 @@ def test_a_sweep_through_the_submitit_launcher_completes_its_trials(data_root, t
     assert list((tmp_path / "multirun" / ".submitit").iterdir())  # the jobs went through submitit
     (parent,), children = runs(tmp_path)
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+
+
+def test_a_sigkilled_worker_s_trial_on_postgresql_is_failed_and_retried_by_another_worker(
+    postgres,  # noqa: F811
+    data_root,
+    tmp_path,
+):
+    """Workers in several processes (as on several machines): the one killed mid-trial stops beating, a
+    live worker fails its trial after the grace period, runs it again, and every grid point completes."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    url = new_database(postgres, "faults")
+    args = on_storage(
+        sweep_args(
+            tmp_path,
+            data_root,
+            "loss_screen",
+            "+sweep=loss_screen",
+            "loss=choice(bce,weighted_bce)",  # x seeds 0, 1, 2: 6 grid points
+            "hydra.sweeper.heartbeat_interval=1",
+            "hydra.sweeper.grace_period=3",
+        ),
+        url,
+    )
+    (victim,) = start_workers(1, args, tmp_path)
+    deadline = time.monotonic() + 300
+    while True:  # trial 0 is the victim's until it has begun training (its MLflow run exists)
+        try:
+            trials = optuna.load_study(study_name="loss_screen", storage=url).trials
+        except KeyError:  # the study is not there yet
+            trials = []
+        if trials and "mlflow_run_id" in trials[0].user_attrs:
+            break
+        assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read()[-3000:]
+        time.sleep(0.2)
+    killed = trials[0]
+    others = start_workers(2, args, tmp_path / "others")
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    for worker in others:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="loss_screen", storage=url).trials
+    assert trials[0].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted((t.params["loss"], t.params["seed"]) for t in done) == sorted(
+        (loss, seed) for loss in ("bce", "weighted_bce") for seed in (0, 1, 2)
+    )
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(killed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "FAIL"
