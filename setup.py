@@ -9,8 +9,16 @@ from pathlib import Path
 
 from setuptools import find_namespace_packages, setup
 
-# cxr.conf and one data-only package per config group folder (setuptools wants every folder named)
-CONF = ["cxr.conf", *(f"cxr.conf.{group.name}" for group in sorted(Path("conf").iterdir()) if group.is_dir())]
+# cxr.conf and one data-only package per config folder, nested ones too (conf/hydra/job_logging):
+# setuptools wants every folder named
+CONF = [
+    "cxr.conf",
+    *(
+        "cxr.conf." + ".".join(folder.relative_to("conf").parts)
+        for folder in sorted(Path("conf").rglob("*"))
+        if folder.is_dir()
+    ),
+]
 
 setup(
     packages=[*find_namespace_packages(include=["cxr*", "hydra_plugins*"]), *CONF],

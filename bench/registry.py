@@ -63,7 +63,7 @@ def ensemble_build(folder: Path) -> None:
                     mlflow.log_text(text, artifact)
                 info = pyfunc.log_model([model], spec, registered_model_name="bench")
             tags = model_registry.version_tags(
-                {"val_auc_mean": 0.9 + k / 100},
+                {model_registry.RANK_METRIC: 0.9 + k / 100},
                 run.info.run_id,
                 spec,
                 source.tags["split_digest"],

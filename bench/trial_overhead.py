@@ -3,7 +3,7 @@
 Runs the CPU demo sweep (`python -m cxr.train -m experiment=demo +sweep=core model=small_cnn`) twice
 with small data, once with 1 epoch per trial and once with `--epochs` epochs, in a fresh MLflow store
 and Optuna storage, then reads each trial's MLflow run: its wall time (run start to end) and the
-`time_*_s` phase durations cxr.train logs, with each epoch's `time_epoch_s`. The fixed cost of a trial
+`time/*_s` phase durations cxr.train logs, with each epoch's `time/epoch_s`. The fixed cost of a trial
 is its run time less its epochs at the steady epoch time (the median epoch after the first: the first
 one traces the graphs, so tracing lands in the fixed cost, where it belongs), plus the sweeper's time
 between trials. The intercept of the 1-epoch and k-epoch run times says the same on a quiet machine;
@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cxr import metric_names as mn
+
+RUN_S, EPOCH_S, PHASE = mn.timing("run"), mn.timing("epoch"), mn.timing("")[: -len("_s")]
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = [
     "dataset.generator.n_patients=100",
@@ -74,7 +77,7 @@ def sweep(work: Path, epochs: int, trials: int, extra: list[str]) -> float:
 
 
 def trial_runs(work: Path, epochs: int) -> list[dict]:
-    """Each finished trial's run: start time (s), `time_*_s` metrics and its epochs' durations."""
+    """Each finished trial's run: start time (s), `time/*_s` metrics and its epochs' durations."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{work}/mlflow.db")
@@ -84,8 +87,8 @@ def trial_runs(work: Path, epochs: int) -> list[dict]:
         (
             {
                 "start": r.info.start_time / 1000,
-                **{k: v for k, v in r.data.metrics.items() if k.startswith("time_")},
-                "epochs": [m.value for m in client.get_metric_history(r.info.run_id, "time_epoch_s")],
+                **{k: v for k, v in r.data.metrics.items() if k.startswith(PHASE)},
+                "epochs": [m.value for m in client.get_metric_history(r.info.run_id, EPOCH_S)],
             }
             for r in runs
             if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags  # trials, not the parent
@@ -103,8 +106,8 @@ def fixed_costs(runs: list[dict]) -> tuple[float, float, float]:
     import numpy as np
 
     steady = float(np.median([e for run in runs for e in run["epochs"][1:]]))
-    inside = np.mean([run["time_run_s"] - len(run["epochs"]) * steady for run in runs])
-    gaps = [b["start"] - a["start"] - a["time_run_s"] for a, b in zip(runs, runs[1:], strict=False)]
+    inside = np.mean([run[RUN_S] - len(run["epochs"]) * steady for run in runs])
+    gaps = [b["start"] - a["start"] - a[RUN_S] for a, b in zip(runs, runs[1:], strict=False)]
     between = float(np.mean(gaps)) if gaps else 0.0
     return float(inside) + between, steady, between
 
@@ -141,16 +144,16 @@ def main() -> None:
             walls[epochs] = sweep(work, epochs, args.trials, args.overrides)
             runs[epochs] = trial_runs(work, epochs)
     fixed, steady, between = fixed_costs(runs[args.epochs])
-    short, long = (np.mean([r["time_run_s"] for r in runs[e]]) for e in (1, args.epochs))
-    print(f"\ntrial run time (time_run_s): {short:.2f} s at 1 epoch, {long:.2f} s at {args.epochs} epochs")
+    short, long = (np.mean([r[RUN_S] for r in runs[e]]) for e in (1, args.epochs))
+    print(f"\ntrial run time ({RUN_S}): {short:.2f} s at 1 epoch, {long:.2f} s at {args.epochs} epochs")
     print(f"intercept of the two: {short - (long - short) / (args.epochs - 1):.2f} s")
     first = np.mean([r["epochs"][0] for r in runs[args.epochs]])
     print(f"steady epoch: {steady:.2f} s; the first epoch: {first:.2f} s")
     print(f"sweeper time between trials: {between:.2f} s")
     print(f"FIXED COST PER TRIAL: {fixed:.2f} s (run time less steady epochs, plus the time between trials)")
-    outside = walls[1] - sum(r["time_run_s"] for r in runs[1])
+    outside = walls[1] - sum(r[RUN_S] for r in runs[1])
     print(f"sweep wall time less its trials' run time (start-up, end): {outside:.1f} s")
-    phases = sorted({k for r in runs[args.epochs] for k in r if k.startswith("time_")})
+    phases = sorted({k for r in runs[args.epochs] for k in r if k.startswith(PHASE)})
     print(f"\nphases of the {args.epochs}-epoch trials (mean s):")
     for name in phases:
         print(f"  {name:28s} {np.mean([r.get(name, np.nan) for r in runs[args.epochs]]):6.2f}")

@@ -2,7 +2,10 @@
 
 import os
 
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the progress output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cxr import _quiet
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) drowns the progress output; set before
+# TensorFlow is imported anywhere (every command, the sweeper plugin and the tests import cxr first).
+_quiet.quiet_tensorflow(os.environ)
 
 __version__ = "0.1.0"

@@ -6,6 +6,28 @@ from pathlib import Path
 
 import keras
 
+from cxr.metric_names import AUC, VALIDATION_PREFIX
+
+
+def monitored(cfg, pruner_monitor: str | None = None) -> str:
+    """`monitored early stopping: val_auc (max), ...`: what each enabled callback (and a sweep's pruner)
+    reads, printed before training so nobody has to guess which number stops or chooses a model."""
+    readers = [
+        (label, node.monitor, f" ({node.mode})")
+        for label, node in (
+            ("early stopping", cfg.early_stopping),
+            ("reduce_lr", cfg.reduce_lr),
+            ("checkpoint", cfg.checkpoint),
+        )
+        if node.enabled
+    ]
+    if pruner_monitor:
+        readers.append(("pruner", pruner_monitor, ""))
+    line = "monitored " + (", ".join(f"{label}: {m}{mode}" for label, m, mode in readers) or "by nothing")
+    if any(m == VALIDATION_PREFIX + AUC for _, m, _ in readers):
+        line += f" ({VALIDATION_PREFIX}{AUC}: mean over findings with positives and negatives in validation)"
+    return line
+
 
 def build_callbacks(cfg, output_dir: Path) -> list[keras.callbacks.Callback]:
     out: list[keras.callbacks.Callback] = []

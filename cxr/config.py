@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from cxr import metric_names
+from cxr.errors import CxrError
 
 
 # ---------------------------------------------------------------- dataset
@@ -36,6 +39,9 @@ class DatasetConfig:
     split_seed: int = 0
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
     allow_missing_images: bool = False  # true: train on the images present, after listing the missing ones
+    # a finding with fewer positive images than this in train, val or test is named in a warning (console
+    # and run tag cxr.few_positives); every run logs the counts as data/counts.csv
+    min_positives: int = 5
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-time only
 
 
@@ -71,6 +77,11 @@ class NihDatasetConfig(DatasetConfig):
 class ModelConfig:
     name: str = MISSING
 
+    def min_image_size(self) -> int:
+        """The smallest `dataset.image_size` the model builds on: each model's schema declares its own,
+        so a too-small size fails at validation, before Keras is imported (seconds) or a model built."""
+        return 1
+
 
 # An option whose builder lives in the user's own code (model or loss group): `_target_` is the dotted
 # path of a builder with the registered builders' signature; the option's other keys are its parameters,
@@ -87,6 +98,9 @@ class SmallCnnConfig(ModelConfig):
     dropout: float = 0.2
     l2: float = 0.0
 
+    def min_image_size(self) -> int:
+        return 2 ** len(self.filters)  # each block halves the side; the last must keep one pixel
+
 
 @dataclass
 class CbamConfig:
@@ -100,6 +114,9 @@ class DenseNet121Config(ModelConfig):
     weights: str | None = "imagenet"  # imagenet (downloaded once), a weights-file path, or null (random)
     frozen: str = "none"  # none, all, or a backbone layer name: every layer before it is frozen
     dropout: float = 0.0  # before the sigmoid layer
+
+    def min_image_size(self) -> int:
+        return 32  # keras.applications.DenseNet121 refuses smaller inputs
 
 
 @dataclass
@@ -196,7 +213,7 @@ class TrainerConfig:
     batch_size: int = 32
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     deterministic: bool = False  # bit-exact ops (TensorFlow; XLA's GPU flag on JAX): reproducible, slower
-    verbose: Any = "auto"  # Keras fit verbosity: auto, 0, 1 or 2
+    verbose: Any = "auto"  # Keras fit verbosity: auto (a bar on a terminal, else a line per epoch), 0, 1, 2
     # float32, mixed_bfloat16 (GPUs from Ampere, TPUs) or mixed_float16 (older GPUs; with loss scaling):
     # layers compute in 16 bits and keep float32 weights; the sigmoid outputs and the loss stay float32
     precision: str = "float32"
@@ -250,7 +267,9 @@ class CallbacksConfig:
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = "mlruns/artifacts"  # used when an experiment is first created
+    # where a new experiment's artifacts go; null: an `artifacts` folder beside a SQLite database
+    # (so MLFLOW_TRACKING_URI moves both), or the tracking server's own default
+    artifact_root: str | None = None
     experiment_name: str = "cxr"
     run_name: str | None = None
     log_model: bool = True
@@ -275,6 +294,7 @@ class OptunaJobConfig:
     trial_id: int | None = None  # the storage's id of the trial
     trial_number: int | None = None  # the trial's number within its study
     parent_run_id: str | None = None  # the sweep's MLflow parent run
+    keep_models: int | None = None  # log the model only if the trial ranks among the best N so far
 
 
 # ---------------------------------------------------------------- top level
@@ -289,7 +309,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     optuna: OptunaJobConfig = field(default_factory=OptunaJobConfig)
     seed: int = 42
-    optimized_metric: str = "val_auc_mean"  # what cxr.train returns to a sweep; a validation metric
+    optimized_metric: str = metric_names.OPTIMIZED  # what cxr.train returns to a sweep: val/auc_mean
     output_dir: str = MISSING  # this run's working folder (checkpoints, history); set by conf/config.yaml
 
 
@@ -333,7 +353,7 @@ class PromoteConfig:
     version: int | None = None  # null: show the champion and the top candidates, change nothing
     force: bool = False  # promote even if the version does not beat the current champion
     alias: str = "champion"
-    metric: str = "val_auc_mean"  # the validation metric versions are compared by
+    metric: str = metric_names.RANK  # the validation metric versions are compared by: val/auc_mean
     top: int = 10  # how many candidates the table shows
     tracking: TrackingConfig = MISSING
 
@@ -350,6 +370,104 @@ class PredictConfig:
     output_dir: str = MISSING  # predictions.csv and heatmaps/ go here (default: the Hydra run folder)
     batch_size: int = 32
     tracking: TrackingConfig = MISSING
+
+
+# ---------------------------------------------------------------- validation
+MONITOR_MODES = ("min", "max")
+
+
+def _require(ok: bool, key: str, value: Any, what: str) -> None:
+    if not ok:
+        raise CxrError(f"{key}={value!r}: {what}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _choice(key: str, value: Any, choices) -> None:
+    _require(value in choices, key, value, f"choose one of {', '.join(map(str, choices))}")
+
+
+def min_image_size(model: DictConfig) -> int:
+    """The model option's declared minimum input side: its schema's, or a custom option's own
+    `min_image_size` key (1 when it declares none)."""
+    schema = OmegaConf.get_type(model)
+    if isinstance(schema, type) and issubclass(schema, ModelConfig):
+        return OmegaConf.to_object(model).min_image_size()
+    return int(model.get("min_image_size", 1))
+
+
+def check_evaluation(cfg: DictConfig) -> None:
+    """The `evaluation` group: threshold method, thresholds, bootstrap and batch size."""
+    from cxr.scoring import THRESHOLD_METHODS
+
+    _choice("evaluation.threshold_method", cfg.threshold_method, list(THRESHOLD_METHODS))
+    _require(0.0 <= cfg.threshold <= 1.0, "evaluation.threshold", cfg.threshold, "give a probability, 0 to 1")
+    b = cfg.bootstrap
+    _require(b.resamples >= 0, "evaluation.bootstrap.resamples", b.resamples, "give 0 (no intervals) or more")
+    _require(0.0 < b.confidence < 1.0, "evaluation.bootstrap.confidence", b.confidence, "give e.g. 0.95")
+    _require(_positive_int(cfg.batch_size), "evaluation.batch_size", cfg.batch_size, "give 1 or more")
+
+
+def check_monitor(key: str, name: str) -> None:
+    """A monitored name must be logged each epoch (Keras only warns, then never stops or saves)."""
+    from cxr.metric_names import epoch_log_names
+
+    _choice(key, name, epoch_log_names())
+
+
+def check_sweep_monitor(key: str, name: str) -> None:
+    """What a sweep's trials report each epoch: a per-epoch metric, in MLflow's names (`val/auc`)."""
+    from cxr.metric_names import check_spelling, epoch_log_names, from_keras
+
+    check_spelling(name, key)
+    _choice(key, name, tuple(from_keras(n) for n in epoch_log_names()))
+
+
+def check_callbacks(cfg: DictConfig) -> None:
+    for key in ("early_stopping", "reduce_lr", "checkpoint"):
+        node = cfg[key]
+        if node.enabled:
+            check_monitor(f"callbacks.{key}.monitor", node.monitor)
+            _choice(f"callbacks.{key}.mode", node.mode, MONITOR_MODES)
+    for key in ("early_stopping", "reduce_lr"):
+        patience = cfg[key].patience
+        _require(patience >= 0, f"callbacks.{key}.patience", patience, "give 0 or more epochs")
+
+
+def check_training(cfg: DictConfig) -> None:
+    """Every value of a training config, before any data is read or model built: one CxrError naming
+    the key, the value and what to give instead. Hydra has already checked types and key names."""
+    from cxr.backend import check_trainer
+    from cxr.data.splits import SPLITS
+    from cxr.optimizers import OPTIMIZERS
+
+    t, d = cfg.trainer, cfg.dataset
+    _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "give 1 or more epochs")
+    _require(_positive_int(t.batch_size), "trainer.batch_size", t.batch_size, "give 1 or more images")
+    o = t.optimizer
+    _choice("trainer.optimizer.name", o.name, list(OPTIMIZERS))
+    _require(
+        0.0 < o.learning_rate < float("inf"),
+        "trainer.optimizer.learning_rate",
+        o.learning_rate,
+        "give a positive step size (0 does not train; a negative one climbs the loss)",
+    )
+    _require(o.weight_decay >= 0.0, "trainer.optimizer.weight_decay", o.weight_decay, "give 0 or more")
+    check_trainer(t)
+    _choice("dataset.split", d.split, list(SPLITS))
+    minimum = min_image_size(cfg.model)
+    _require(
+        d.image_size >= minimum,
+        "dataset.image_size",
+        d.image_size,
+        f"model {cfg.model.name} needs at least {minimum} pixels a side",
+    )
+    _require(0.0 < d.val_fraction < 1.0, "dataset.val_fraction", d.val_fraction, "give a share in (0, 1)")
+    _require(d.min_positives >= 0, "dataset.min_positives", d.min_positives, "give 0 (no warning) or more")
+    check_callbacks(cfg.callbacks)
+    check_evaluation(cfg.evaluation)
 
 
 SCHEMAS: dict[tuple[str | None, str], type] = {

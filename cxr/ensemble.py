@@ -9,7 +9,6 @@ per-disease table of each member beside the ensemble, and the ensemble as a regi
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_evaluation, register_configs
+from cxr.console import announce, log
 from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
@@ -49,20 +49,15 @@ def select_members(client, cfg: DictConfig) -> list:
         kind="single",
         tags=dict(cfg.tags or {}),
     )
-    if cfg.top_k < 1:
-        raise CxrError(f"top_k={cfg.top_k}: an ensemble needs at least one member")
     if not ranked:
         raise CxrError(
-            f"no version of {cfg.model_name!r} matches (kind single, with a val_auc_mean tag"
+            f"no version of {cfg.model_name!r} matches (kind single, with a {model_registry.RANK_METRIC} tag"
             + "".join(f", {k}={v}" for k, v in (("study", cfg.study), ("experiment", cfg.experiment)) if v)
             + "); train with tracking.registered_model_name set"
         )
     members = ranked[: cfg.top_k]
     if len(members) < cfg.top_k:
-        print(
-            f"cxr: warning: only {len(members)} version(s) match; the ensemble has {len(members)}",
-            file=sys.stderr,
-        )
+        log.warning(f"cxr: warning: only {len(members)} version(s) match; the ensemble has {len(members)}")
     splits = {m.tags.get(model_registry.SPLIT_TAG) for m in members}
     if len(splits) > 1:
         first = members[0].tags.get(model_registry.SPLIT_TAG)
@@ -83,12 +78,18 @@ def side_by_side(member_tables: dict[str, pd.DataFrame], ensemble: pd.DataFrame)
 
 
 def build(cfg: DictConfig) -> dict[str, float]:
+    check_evaluation(cfg.evaluation)
+    if cfg.weights not in WEIGHTINGS:
+        raise CxrError(f"weights={cfg.weights!r}: choose one of {', '.join(WEIGHTINGS)}")
+    if cfg.top_k < 1:
+        raise CxrError(f"top_k={cfg.top_k}: an ensemble needs at least one member")
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from cxr import model_registry, pyfunc, tracking
     from cxr.data.prepared import relocated
     from cxr.data.splits import split_digest, write_split_csv
+    from cxr.dataset_inputs import log_dataset_inputs
     from cxr.predict import Predictions, combined, predict_members
     from cxr.reporting import evaluate_predictions, log_evaluation, validation_and_test_line
 
@@ -106,7 +107,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
         weights=[w * mw for w, m in zip(weights, loaded, strict=True) for mw in m.spec.weights],
         kind="ensemble",
         members=[
-            {"version": c.version, "run_id": c.run_id, "val_auc_mean": c.score, "weight": w}
+            {"version": c.version, "run_id": c.run_id, model_registry.RANK_METRIC: c.score, "weight": w}
             for c, w in zip(candidates, weights, strict=True)
         ],
     )
@@ -140,6 +141,7 @@ def build(cfg: DictConfig) -> dict[str, float]:
         mlflow.log_params({f"member.{i}.run_id": c.run_id for i, c in enumerate(candidates)})
         with tempfile.TemporaryDirectory() as folder:
             mlflow.log_artifact(str(write_split_csv(data.table, Path(folder) / "split.csv")))
+        log_dataset_inputs(data, dataset.name)
         log_evaluation(evaluation, cfg.evaluation.plots)
         for split in splits:
             table = side_by_side(
@@ -148,27 +150,30 @@ def build(cfg: DictConfig) -> dict[str, float]:
             mlflow.log_text(table.to_csv(float_format="%.6g"), f"evaluation/{split}_members_per_disease.csv")
         info = pyfunc.log_model(model.members, spec, registered_model_name=name)
         tags = model_registry.version_tags(
-            evaluation.metrics, run_id, spec, split_digest(data.table), cfg.tracking.experiment_name
+            evaluation.metrics,
+            run_id,
+            spec,
+            split_digest(data.table),
+            cfg.tracking.experiment_name,
+            run_name=mlflow.active_run().info.run_name,
         )
         tags["members"] = ",".join(f"{cfg.model_name}/{c.version}" for c in candidates)
         model_registry.tag_version(client, name, str(info.registered_model_version), tags)
 
     metrics = evaluation.metrics
-    print(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({cfg.weights} weights):")
+    log.info(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({cfg.weights} weights):")
     for c, w in zip(candidates, weights, strict=True):
-        print(f"  version {c.version}: validation mean AUC {c.score:.4f}, weight {w:.3f}, run {c.run_id}")
-    print(f"ensemble {validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence)}")
-    print(f"registered as models:/{name}/{info.registered_model_version} (MLflow run {run_id})")
-    print(
-        f"Promote it: python -m cxr.promote model_name={name} version={info.registered_model_version}",
-        flush=True,
-    )
+        log.info(f"  version {c.version}: validation mean AUC {c.score:.4f}, weight {w:.3f}, run {c.run_id}")
+    log.info(f"ensemble {validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence)}")
+    log.info(f"registered as models:/{name}/{info.registered_model_version} (MLflow run {run_id})")
+    log.info(f"Promote it: python -m cxr.promote model_name={name} version={info.registered_model_version}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="ensemble")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("ensemble", cfg)
     build(cfg)
 
 

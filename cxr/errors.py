@@ -19,6 +19,17 @@ EXIT_INTERRUPTED = 130
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def shorten(text: str, limit: int) -> str:
+    """`text` whole when it fits in `limit` characters, else its leading words and how much was left out:
+    never cut mid-word (for stores that cap a value's length, such as MLflow tags)."""
+    if len(text) <= limit:
+        return text
+    note = " ... ({} more characters)"
+    head = text[: max(0, limit - len(note.format(len(text))))]
+    head = head[: head.rfind(" ")] if " " in head else head
+    return head.rstrip() + note.format(len(text) - len(head.rstrip()))
+
+
 class CxrError(Exception):
     """A problem with the user's input or environment: the message says what, where and what to do."""
 
@@ -37,7 +48,9 @@ def exit_on_user_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CxrError as err:
-            print(f"cxr: error: {err}", file=sys.stderr)
+            from cxr.masking import mask
+
+            print(f"cxr: error: {mask(str(err))}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             _interrupted()

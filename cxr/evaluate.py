@@ -10,7 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_evaluation, register_configs
+from cxr.console import announce, log
 from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
@@ -51,6 +52,7 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise CxrError(f"split={cfg.split!r}: choose one of {', '.join(SPLITS)}")
+    check_evaluation(cfg.evaluation)
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -74,9 +76,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         mlflow.set_tag("cxr.reevaluated_with", model_uri)
 
     results = evaluation.metrics
-    print(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images)")
-    print(f"mean AUC [{cfg.evaluation.bootstrap.confidence:.0%} CI]: {summary_line(results, cfg.split)}")
-    print(
+    log.info(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images)")
+    log.info(f"mean AUC [{cfg.evaluation.bootstrap.confidence:.0%} CI]: {summary_line(results, cfg.split)}")
+    log.info(
         f"Logged to MLflow run {run_id} (store {cfg.tracking.uri}); {tracking.ui_command(cfg.tracking.uri)}"
     )
     return results
@@ -85,6 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("evaluate", cfg)
     evaluate(cfg)
 
 

@@ -38,5 +38,8 @@ def locked(guarded: Path) -> Iterator[None]:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The database file of a `sqlite:///` URL (MLflow's or Optuna's), beside which its lock sits."""
-    return Path(url[len("sqlite:///") :]).expanduser() if url.startswith("sqlite:///") else None
+    """The database file of a `sqlite:///` URL (MLflow's or Optuna's), beside which its lock sits: a
+    path, or an SQLite URI `file:<path>?<parameters>`."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///") :].split("?")[0].removeprefix("file:")).expanduser()

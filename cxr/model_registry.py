@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from cxr import metric_names
 from cxr.errors import CxrError
 
-RANK_METRIC = "val_auc_mean"
+RANK_METRIC = metric_names.RANK
 CHAMPION = "champion"
 KIND_TAG = "cxr.kind"
 SPLIT_TAG = "split_digest"
@@ -21,6 +22,7 @@ RUN_TAG = "run_id"
 STUDY_TAG = "optuna.study_name"
 TRIAL_TAG = "optuna.trial_number"
 EXPERIMENT_TAG = "experiment"
+RUN_NAME_TAG = "run_name"  # also the version's description, so the UI's version list says what each is
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,11 @@ def version_tags(
     experiment: str,
     study: str | None = None,
     trial: int | None = None,
+    run_name: str | None = None,
 ) -> dict[str, str]:
     """The tags a new version gets (spec is the model's cxr.pyfunc.ModelSpec)."""
     tags = {
+        **({RUN_NAME_TAG: run_name} if run_name else {}),
         KIND_TAG: spec.kind,
         RUN_TAG: run_id,
         EXPERIMENT_TAG: experiment,
@@ -66,7 +70,7 @@ def version_tags(
 
 def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
     """The ranking metric and its interval (when one was computed), as version tags."""
-    keys = (RANK_METRIC, f"{RANK_METRIC}_ci_low", f"{RANK_METRIC}_ci_high")
+    keys = (RANK_METRIC, *metric_names.interval(RANK_METRIC))
     return {key: repr(float(metrics[key])) for key in keys if key in metrics}
 
 
@@ -80,13 +84,15 @@ def tag_run_versions(client, name: str, run_id: str, metrics: dict[str, float]) 
 def tag_version(client, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    if RUN_NAME_TAG in tags:
+        client.update_model_version(name, version, description=f"from run {tags[RUN_NAME_TAG]}")
 
 
 def _candidate(version, metric: str, aliases: tuple[str, ...] | None = None) -> Candidate | None:
     """`aliases` when known otherwise (search results leave a version's aliases empty)."""
     tags = dict(version.tags or {})
-    try:
-        score = float(tags[metric])
+    try:  # a version registered before the `/` names carries the metric's old spelling
+        score = float(tags[metric] if metric in tags else tags[metric_names.legacy(metric)])
     except (KeyError, ValueError):
         return None  # not registered by cxr, or never evaluated on validation
     run_id = tags.get(RUN_TAG) or version.run_id
@@ -109,8 +115,7 @@ def ranked_versions(
     kind and exact tag values. Versions without the metric tag are left out."""
     from mlflow.exceptions import MlflowException
 
-    if not metric.startswith("val_"):
-        raise CxrError(f"metric={metric!r}: rank on a validation metric, never on test")
+    metric_names.check_validation(metric, "metric", "rank on validation, never on test")
     try:
         model = client.get_registered_model(name)
         versions = client.search_model_versions(f"name = '{name}'")

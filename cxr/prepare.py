@@ -7,13 +7,13 @@ the files that changed. Concurrent runs on one cache take turns (cxr.data.cache'
 
 from __future__ import annotations
 
-import sys
 import time
 
 import hydra
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce, log
 from cxr.errors import exit_on_user_error, run_command
 
 register_configs()
@@ -29,18 +29,19 @@ def run(cfg: DictConfig) -> int:
     cache = data.cache
     upscaled = cache.upscale_warning()
     if upscaled:
-        print(f"cxr: warning: {upscaled}", file=sys.stderr)
-    print(f"\n{len(data.table)} images at {data.image_size}px in {cache.folder} ({seconds:.1f} s)")
+        log.warning(f"cxr: warning: {upscaled}")
+    log.info(f"\n{len(data.table)} images at {data.image_size}px in {cache.folder} ({seconds:.1f} s)")
     if cache.failures:
-        print(f"{cache.failure_report()}\nThey are left out of training.")
+        log.info(f"{cache.failure_report()}\nThey are left out of training.")
     else:
-        print("all images read")
+        log.info("all images read")
     return len(cache.failures)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("prepare", cfg)
     run(cfg)
 
 

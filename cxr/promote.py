@@ -14,7 +14,9 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
+from cxr import metric_names
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce
 from cxr.errors import CxrError, exit_on_user_error, run_command
 
 register_configs()
@@ -26,7 +28,7 @@ def candidates_table(candidates, metric: str) -> pd.DataFrame:
 
     rows = []
     for rank, c in enumerate(candidates, start=1):
-        low, high = c.tags.get(f"{metric}_ci_low"), c.tags.get(f"{metric}_ci_high")
+        low, high = (c.tags.get(bound) for bound in metric_names.interval(metric))
         interval = f"[{float(low):.4f}, {float(high):.4f}]" if low and high else ""
         trial = f"{c.tags[mr.STUDY_TAG]}#{c.tags.get(mr.TRIAL_TAG)}" if mr.STUDY_TAG in c.tags else ""
         rows.append(
@@ -95,8 +97,7 @@ def promote(client, cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> None:
     from mlflow.tracking import MlflowClient
 
-    if not cfg.metric.startswith("val_"):
-        raise CxrError(f"metric={cfg.metric!r}: compare versions on a validation metric, never on test")
+    metric_names.check_validation(cfg.metric, "metric", "compare versions on validation, never on test")
     client = MlflowClient(cfg.tracking.uri)
     if cfg.version is None:
         show(client, cfg)
@@ -109,6 +110,7 @@ def run(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="promote")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("promote", cfg)
     run(cfg)
 
 

@@ -15,30 +15,38 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cxr import metric_names as mn
+from cxr.counts import undefined_reason
 from cxr.errors import CxrError
+from cxr.metric_names import SPLIT_TITLES, UNDEFINED_TAG
 from cxr.predict import Predictions
 from cxr.scoring import choose_thresholds, evaluate_split, operating_points
 
 THRESHOLD_SPLIT = "val"
-SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Everything one evaluation logs: scalar metrics, thresholds and one table per split."""
+    """Everything one evaluation logs: scalar metrics, thresholds and one table per split.
+
+    A number that cannot be computed (no validation positives for a threshold, no test positives for an
+    AUC, nothing called positive for a PPV) is left out of `metrics`, never logged as NaN; `undefined`
+    says why, per finding, and the tables' `undefined` column per split.
+    """
 
     metrics: dict[str, float]
     thresholds: dict  # the thresholds.json document
     tables: dict[str, pd.DataFrame]  # split -> per-disease table
     predictions: dict[str, Predictions]
     pathologies: tuple[str, ...]
+    undefined: dict[str, str]  # finding -> why some of its numbers are undefined
 
 
 def split_metrics(split: str, table: pd.DataFrame, summary: dict[str, float]) -> dict[str, float]:
-    """MLflow names: `{split}_auc_<Disease>`, `{split}_auc_mean`, `{split}_sensitivity_<Disease>`, ..."""
-    metrics = {f"{split}_{k}": v for k, v in summary.items()}
-    for column in ("auc", "auprc", "sensitivity", "specificity", "ppv", "npv"):
-        metrics.update({f"{split}_{column}_{d}": float(v) for d, v in table[column].items()})
+    """MLflow names: `{split}/auc/<Disease>`, `{split}/auc_mean`, `{split}/sensitivity/<Disease>`, ..."""
+    metrics = {mn.split_metric(split, k): v for k, v in summary.items()}
+    for column in mn.PER_DISEASE:
+        metrics.update({mn.per_disease(split, column, d): float(v) for d, v in table[column].items()})
     return metrics
 
 
@@ -49,21 +57,54 @@ def evaluate_predictions(predictions: dict[str, Predictions], cfg, pathologies: 
     val = predictions[THRESHOLD_SPLIT]
     thresholds = choose_thresholds(val.labels, val.scores, cfg.threshold_method)
     by_disease = dict(zip(pathologies, thresholds.tolist(), strict=True))
-    metrics: dict[str, float] = {f"threshold_{d}": t for d, t in by_disease.items()}
+    reasons = {
+        split: {d: undefined_reason(p.labels[:, k], split) for k, d in enumerate(pathologies)}
+        for split, p in predictions.items()
+    }
+    metrics: dict[str, float] = {mn.threshold(d): t for d, t in by_disease.items()}
     document = {
         "method": cfg.threshold_method,
         "chosen_on": THRESHOLD_SPLIT,
         "thresholds": {d: (None if np.isnan(t) else t) for d, t in by_disease.items()},
+        "undefined": {d: r for d, r in reasons[THRESHOLD_SPLIT].items() if r},
     }
     b = cfg.bootstrap
-    tables = {}
+    tables, notes = {}, {}
     for split, p in predictions.items():
         report = evaluate_split(
             p.labels, p.scores, p.patients, pathologies, b.resamples, b.confidence, b.seed
         )
-        tables[split] = report.table.join(operating_points(p.labels, p.scores, thresholds, pathologies))
-        metrics.update(split_metrics(split, tables[split], report.summary))
-    return Evaluation(metrics, document, tables, predictions, tuple(pathologies))
+        table = report.table.join(operating_points(p.labels, p.scores, thresholds, pathologies))
+        notes[split] = {d: _notes(reasons, split, d, table.loc[d]) for d in pathologies}
+        table["undefined"] = ["; ".join(n) for n in notes[split].values()]
+        tables[split] = table
+        metrics.update(split_metrics(split, table, report.summary))
+    undefined = {}
+    for d in pathologies:
+        # the threshold's reason once (it is each split's too), then each split's own
+        found = [reasons[THRESHOLD_SPLIT][d]] + [n for split in notes for n in notes[split][d]]
+        found = [n for n in dict.fromkeys(found) if n and not n.startswith("threshold: ")]
+        if found:
+            undefined[d] = ", ".join(found)
+    defined = {k: v for k, v in metrics.items() if np.isfinite(v)}
+    return Evaluation(defined, document, tables, predictions, tuple(pathologies), undefined)
+
+
+def _notes(reasons: dict[str, dict[str, str | None]], split: str, disease: str, row: pd.Series) -> list[str]:
+    """Why some of a finding's numbers on `split` are undefined: `no test positives`, `threshold: no
+    validation positives`, `no image called negative in test (NPV)`; empty where all are defined."""
+    own, threshold = reasons[split][disease], reasons[THRESHOLD_SPLIT][disease]
+    out = [own] if own else []
+    if threshold:
+        if split != THRESHOLD_SPLIT:
+            out.append(f"threshold: {threshold}")
+        return out
+    title = SPLIT_TITLES.get(split, split)
+    if row.tp + row.fp == 0:
+        out.append(f"no image called positive in {title} (PPV)")
+    if row.tn + row.fn == 0:
+        out.append(f"no image called negative in {title} (NPV)")
+    return out
 
 
 def _log_figure(fig, path: str) -> None:
@@ -97,12 +138,18 @@ def _log_plots(evaluation: Evaluation, history: pd.DataFrame | None) -> None:
 
 
 def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | None = None) -> None:
-    """Write an evaluation to the active MLflow run: metrics, evaluation/ tables and plots/."""
+    """Write an evaluation to the active MLflow run: metrics, evaluation/ tables and plots/.
+
+    Each per-disease table is logged twice: as CSV, and with `mlflow.log_table` (one JSON table per
+    split, a `disease` column) so the UI's artifact view lines it up across runs."""
     import mlflow
 
     mlflow.log_text(json.dumps(evaluation.thresholds, indent=2), "evaluation/thresholds.json")
+    if evaluation.undefined:
+        mlflow.set_tag(UNDEFINED_TAG, "; ".join(f"{d}: {r}" for d, r in evaluation.undefined.items()))
     for split, table in evaluation.tables.items():
         mlflow.log_text(table.to_csv(float_format="%.6g"), f"evaluation/{split}_per_disease.csv")
+        mlflow.log_table(table.rename_axis("disease").reset_index(), f"evaluation/{split}_per_disease.json")
     if plots:
         _log_plots(evaluation, history)
     mlflow.log_metrics(evaluation.metrics)
@@ -110,8 +157,9 @@ def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | 
 
 def summary_line(metrics: dict[str, float], split: str) -> str:
     """`0.8421 [0.8390, 0.8452]`: the mean AUC with its interval when one was computed."""
-    mean = metrics.get(f"{split}_auc_mean", float("nan"))
-    low, high = metrics.get(f"{split}_auc_mean_ci_low"), metrics.get(f"{split}_auc_mean_ci_high")
+    name = mn.split_metric(split, mn.AUC_MEAN)
+    mean = metrics.get(name, float("nan"))
+    low, high = (metrics.get(bound) for bound in mn.interval(name))
     return f"{mean:.4f}" + (f" [{low:.4f}, {high:.4f}]" if low is not None else "")
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxr.errors import CxrError
 from cxr.registry import Registry
@@ -193,6 +192,8 @@ THRESHOLD_METHODS: Registry = Registry("threshold method")
 @THRESHOLD_METHODS.register("youden")
 def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
     """Maximises sensitivity + specificity - 1."""
+    from sklearn.metrics import roc_curve  # here, not at the top: config validation lists these methods
+
     fpr, tpr, thresholds = roc_curve(y, s)
     best = int(np.argmax(tpr[1:] - fpr[1:])) + 1  # thresholds[0] is +inf: predicts nothing positive
     return float(thresholds[best])
@@ -201,6 +202,8 @@ def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
 @THRESHOLD_METHODS.register("f1")
 def f1_threshold(y: np.ndarray, s: np.ndarray) -> float:
     """Maximises F1 of the positive class."""
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, thresholds = precision_recall_curve(y, s)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.nan_to_num(2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]))

@@ -15,17 +15,27 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from cxr import heartbeat
-from cxr.errors import CxrError
+from cxr import heartbeat, metric_names
+from cxr.errors import CxrError, shorten
 from cxr.locking import locked, sqlite_file
+from cxr.masking import mask, mask_values
 
-_KERAS_RENAMES = {"loss": "train_loss", "learning_rate": "lr"}
+
+def artifact_root(cfg) -> str | None:
+    """`tracking.artifact_root`, or by default the `artifacts` folder beside a SQLite database, found
+    where the database is (not the working directory); None leaves a server's default to the server."""
+    if cfg.artifact_root:
+        return cfg.artifact_root
+    db = sqlite_file(cfg.uri)
+    return str(db.parent / "artifacts") if db is not None else None
 
 
-def _artifact_location(root: str, experiment_name: str, uri: str = "") -> str | None:
+def _artifact_location(root: str | None, experiment_name: str, uri: str = "") -> str | None:
     """Where a new experiment keeps its artifacts. Against a tracking server (http[s]://) a local
     `artifact_root` is this machine's folder, which no other machine sees: the server's own default
     (its --artifacts-destination, served through it) applies instead; a URL root (s3://...) is kept."""
+    if root is None:
+        return None
     leaf = re.sub(r"[^\w.-]+", "_", experiment_name)
     if uri.startswith(("http://", "https://")) and "://" not in root:
         return None
@@ -50,8 +60,9 @@ def _check_local_store(cfg, db: Path) -> None:
     _check_writable(db.parent, "the MLflow store's", "tracking.uri")
     if db.exists() and not os.access(db, os.W_OK):
         raise CxrError(f"the MLflow store {db} is read-only (tracking.uri); make it writable")
-    if "://" not in cfg.artifact_root:
-        _check_writable(Path(cfg.artifact_root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
+    root = artifact_root(cfg)
+    if root is not None and "://" not in root:
+        _check_writable(Path(root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
 
 
 def _experiment_id(cfg) -> str:
@@ -61,10 +72,10 @@ def _experiment_id(cfg) -> str:
             return experiment.experiment_id
         return mlflow.create_experiment(
             cfg.experiment_name,
-            artifact_location=_artifact_location(cfg.artifact_root, cfg.experiment_name, cfg.uri),
+            artifact_location=_artifact_location(artifact_root(cfg), cfg.experiment_name, cfg.uri),
         )
     except mlflow.exceptions.MlflowException as err:
-        raise CxrError(f"MLflow store {cfg.uri} is not usable: {err}") from None
+        raise CxrError(f"MLflow store {mask(cfg.uri)} is not usable: {err}") from None
 
 
 def configure(cfg) -> str:
@@ -97,10 +108,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_params(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat MLflow params (`trainer.optimizer.learning_rate` ...)."""
+    """The resolved config as flat MLflow params (`trainer.optimizer.learning_rate` ...), URL passwords
+    masked."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("output_dir", None)
-    return flatten(tree)
+    return mask_values(flatten(tree))
 
 
 def git_commit() -> str | None:
@@ -118,7 +130,7 @@ def git_commit() -> str | None:
 
 
 def run_tags(overrides: list[str]) -> dict[str, str]:
-    tags = {"hydra.overrides": " ".join(overrides) if overrides else "(none)"}
+    tags = {"hydra.overrides": mask(" ".join(overrides)) if overrides else "(none)"}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -199,14 +211,22 @@ def reap_orphans(client, experiment_ids: list[str], grace_s: float, where: str =
 
 @contextmanager
 def tracked_run(
-    cfg: DictConfig, overrides: list[str], reporter=None, run_name: str | None = None
+    cfg: DictConfig,
+    overrides: list[str],
+    reporter=None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[str]:
     """One MLflow run for `cfg`, yielding its id; it owns the run's name, parent, tags, params and
     resolved config, and its final state whatever happens inside:
 
     finished -> FINISHED; an exception -> FAILED with tag `cxr.error`; optuna.TrialPruned -> KILLED;
     Ctrl-C -> KILLED with tag `cxr.killed_reason`. For a sweep trial (`reporter`, the job's Optuna trial)
-    the run is a child of the sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL).
+    the run is a child of the sweep's parent run and carries `optuna.state` (COMPLETE, PRUNED or FAIL);
+    a grid multirun's job is a child of `parent_run_id`.
+
+    The name: `tracking.run_name` if set; a trial's `<study>-trial-<n>`; else `run_name` (or one
+    `cxr.naming` makes from the config and overrides) with a unique suffix.
 
     While it runs, the run's last-seen tag (and a trial's Optuna heartbeat) is renewed by a background
     thread, and before it starts, the experiment's runs whose process died are marked KILLED.
@@ -215,16 +235,22 @@ def tracked_run(
 
     from mlflow.tracking import MlflowClient
 
+    from cxr import naming
     from cxr.sweep.reporter import STATE_TAG
 
     t = cfg.tracking
     experiment_id = configure(t)
     client = MlflowClient(t.uri)
     reap_orphans(client, [experiment_id], t.orphan_grace_s)
-    options: dict[str, Any] = {"run_name": t.run_name or run_name, "tags": _owner_tags()}
+    given = t.run_name
+    options: dict[str, Any] = {
+        "run_name": given or (naming.unique(run_name) if run_name else naming.run_name(cfg, overrides)),
+        "parent_run_id": parent_run_id,
+        "tags": _owner_tags(),
+    }
     if reporter is not None:
         options = {
-            "run_name": t.run_name or f"{reporter.study_name}-trial-{reporter.number}",
+            "run_name": given or f"{reporter.study_name}-trial-{reporter.number}",
             "parent_run_id": reporter.parent_run_id,
             "tags": {
                 **options["tags"],
@@ -247,12 +273,12 @@ def tracked_run(
                 reporter.record_run(run_id)
             mlflow.set_tags(run_tags(overrides))
             mlflow.log_params(config_params(cfg))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            mlflow.log_text(mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
             yield run_id
         except BaseException as err:
             status, state = _ending(err)
             if status == "FAILED":
-                mlflow.set_tag(ERROR_TAG, f"{type(err).__name__}: {err}"[:5000])
+                mlflow.set_tag(ERROR_TAG, shorten(mask(f"{type(err).__name__}: {err}"), 5000))
             elif state is None:
                 mlflow.set_tag(KILLED_TAG, f"interrupted ({type(err).__name__})")
             if reporter is not None and state is not None:
@@ -266,22 +292,16 @@ def tracked_run(
 
 @contextmanager
 def timed(phase: str) -> Iterator[None]:
-    """Log the wall time of the block as the metric `time_<phase>_s` of the active run (when it ends
+    """Log the wall time of the block as the metric `time/<phase>_s` of the active run (when it ends
     without an exception): where a run's time went, beside its epochs (`bench/trial_overhead.py`)."""
     start = time.perf_counter()
     yield
-    mlflow.log_metric(f"time_{phase}_s", time.perf_counter() - start)
-
-
-def keras_metric_name(name: str) -> str:
-    if name in _KERAS_RENAMES:
-        return _KERAS_RENAMES[name]
-    return name if name.startswith("val_") else f"train_{name}"
+    mlflow.log_metric(metric_names.timing(phase), time.perf_counter() - start)
 
 
 def epoch_logger():
     """A Keras callback that logs every epoch's training and validation metrics and its duration
-    (`time_epoch_s`) to the active run."""
+    (`time/epoch_s`) to the active run, under `train/` and `val/` names."""
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
@@ -289,8 +309,11 @@ def epoch_logger():
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            metrics = {keras_metric_name(k): float(v) for k, v in (logs or {}).items()}
-            metrics["time_epoch_s"] = time.perf_counter() - self.started  # the first one traces the graphs
+            metrics = {metric_names.from_keras(k): float(v) for k, v in (logs or {}).items()}
+            # val/auc first: the UI's parallel-coordinates view opens on a run's first-logged metric
+            metrics = dict(sorted(metrics.items(), key=lambda item: item[0] != metric_names.MONITOR))
+            # the first epoch's time includes tracing the graphs
+            metrics[metric_names.timing("epoch")] = time.perf_counter() - self.started
             if metrics:
                 mlflow.log_metrics(metrics, step=epoch)
 
@@ -317,5 +340,5 @@ def logged_run_inputs(run_id: str) -> tuple[DictConfig, Any]:
 def ui_command(uri: str) -> str:
     """How to look at the runs: a local store needs `mlflow ui`, a server is already one."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"open {mask(uri)}"
+    return f"mlflow ui --backend-store-uri {mask(uri)}"

@@ -72,3 +72,45 @@ def shared_data() -> Path:
     if not path:
         pytest.skip("CXR_SHARED_DATA is not set (it points at ../shared/data; .ci/run sets it)")
     return Path(path)
+
+
+NIH_LABEL_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age"]
+
+
+def real_nih_release(shared_data: Path, folder: Path) -> Path:
+    """An NIH-shaped release of the 19 real sample images (one file each), their real label rows and
+    official split: 12 train_val images (10 patients), 7 test; Hernia only in test."""
+    import shutil
+
+    import pandas as pd
+
+    samples = pd.read_csv(shared_data / "nih-samples" / "labels.csv").drop_duplicates("Image Index")
+    (folder / "images").mkdir(parents=True)
+    for path, name in zip(samples["path"], samples["Image Index"], strict=True):
+        shutil.copy(shared_data / "nih-samples" / path, folder / "images" / name)
+    samples[NIH_LABEL_COLUMNS].to_csv(folder / "Data_Entry_2017.csv", index=False)
+    for split, listing in (("train_val", "train_val_list.txt"), ("test", "test_list.txt")):
+        names = samples.loc[samples["official_split"] == split, "Image Index"]
+        (folder / listing).write_text("\n".join(names) + "\n")
+    return folder
+
+
+def real_nih_overrides(release: Path, tmp: Path) -> list[str]:
+    """A training run on `real_nih_release`: 32 px, a two-block CNN, one epoch, a 30% validation share."""
+    return [
+        "dataset=nih",
+        f"dataset.root={release}",
+        f"dataset.cache_dir={tmp}/prepared",
+        "dataset.image_size=32",
+        "dataset.val_fraction=0.3",
+        "model.filters=[4,8]",
+        "model.dense_units=8",
+        "trainer.epochs=1",
+        "trainer.batch_size=4",
+        "trainer.verbose=0",
+        "evaluation.bootstrap.resamples=20",
+        "evaluation.plots=false",
+        f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db",
+        f"tracking.artifact_root={tmp}/mlruns/artifacts",
+        f"output_dir={tmp}/output",
+    ]

@@ -68,6 +68,41 @@ def test_concurrent_prepares_on_one_fresh_cache_lose_no_image(synthetic_paths, t
     assert sum(o[0] for o in outcomes) >= 1  # the race was real: someone found the cache being built
 
 
+JOBLIB_PREPARE = """
+import hashlib, sys
+import numpy as np
+from joblib import Parallel, delayed
+from cxr.data import cache
+
+def digest(paths, cache_dir):
+    images = cache.prepare_images(paths, {size}, cache_dir, workers=2).images
+    return hashlib.sha256(np.ascontiguousarray(images)).hexdigest()
+
+if __name__ == "__main__":
+    paths, folder = sys.argv[1].split(","), sys.argv[2]
+    jobs = (delayed(digest)(paths, f"{{folder}}/cache{{i}}") for i in range(2))
+    print(*Parallel(n_jobs=2, timeout=90)(jobs))
+"""
+
+
+def test_a_prepare_inside_a_joblib_worker_finishes(synthetic_paths, tmp_path):
+    """A joblib multirun's trial prepares a fresh cache in a loky worker, where a spawned Pool's children
+    inherit the start method 'loky', cannot set it and the pool waits for ever: it builds in-process."""
+    assert len(synthetic_paths) >= cache.MIN_PARALLEL  # enough files to ask for worker processes
+    script = tmp_path / "joblib_prepare.py"
+    script.write_text(JOBLIB_PREPARE.format(size=SIZE))
+    out = subprocess.run(
+        [sys.executable, str(script), ",".join(synthetic_paths), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    single = cache.prepare_images(synthetic_paths, SIZE, tmp_path / "single", workers=1).images
+    assert out.stdout.split() == [hashlib.sha256(np.ascontiguousarray(single)).hexdigest()] * 2
+
+
 def test_a_build_killed_with_sigkill_releases_the_lock_and_resumes(synthetic_paths, tmp_path):
     paths_file = tmp_path / "paths.json"
     paths_file.write_text(json.dumps(synthetic_paths))

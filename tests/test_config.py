@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from cxr.config import SCHEMAS
+from cxr.config import SCHEMAS, check_training, min_image_size
+from cxr.errors import CxrError
 from tests.conftest import CONF, run_cli
 
 GROUPS = ["dataset", "model", "loss", "callbacks", "trainer", "tracking", "evaluation"]
@@ -177,3 +179,70 @@ def test_cli_finds_its_configs_from_another_folder(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = OmegaConf.create(out.stdout)
     assert (cfg.model.name, cfg.trainer.batch_size) == ("densenet121_cbam", 16)
+
+
+# ------------------------------------------------------------------ values checked before any work
+BAD_VALUES = [
+    ("trainer.epochs=0", "trainer.epochs=0: give 1 or more epochs"),
+    ("trainer.batch_size=-4", "trainer.batch_size=-4: give 1 or more images"),
+    ("trainer.optimizer.learning_rate=0", "trainer.optimizer.learning_rate=0.0: give a positive step size"),
+    ("trainer.optimizer.learning_rate=-0.001", "a negative one climbs the loss"),
+    ("trainer.optimizer.name=nosuch", "trainer.optimizer.name='nosuch': choose one of adam, adamw, sgd"),
+    ("trainer.precision=float8", "trainer.precision='float8': choose one of float32"),
+    ("dataset.image_size=0", "dataset.image_size=0: model small_cnn needs at least 8 pixels a side"),
+    ("dataset.split=stratified", "dataset.split='stratified': choose one of official, random"),
+    ("dataset.min_positives=-1", "dataset.min_positives=-1"),
+    ("evaluation.threshold_method=foo", "evaluation.threshold_method='foo': choose one of f1, youden"),
+    ("evaluation.bootstrap.confidence=95", "evaluation.bootstrap.confidence=95.0: give e.g. 0.95"),
+    ("callbacks.early_stopping.monitor=val_acc", "callbacks.early_stopping.monitor='val_acc': choose one of"),
+    ("callbacks.checkpoint.mode=maximum", "callbacks.checkpoint.mode='maximum': choose one of min, max"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES)
+def test_nonsense_values_are_refused_naming_key_value_and_remedy(compose_cfg, override, message):
+    cfg = compose_cfg([override, *RESOLVABLE])
+    with pytest.raises(CxrError) as err:
+        check_training(cfg)
+    assert message in str(err.value)
+
+
+def test_each_model_declares_its_minimum_image_size(compose_cfg):
+    assert min_image_size(compose_cfg(["model=small_cnn", "model.filters=[8,16,32,64]"]).model) == 16
+    for name in ("densenet121", "densenet121_cbam"):
+        cfg = compose_cfg([f"model={name}", "dataset.image_size=31", *RESOLVABLE])
+        assert min_image_size(cfg.model) == 32
+        with pytest.raises(CxrError, match=f"dataset.image_size=31: model {name} needs at least 32 pixels"):
+            check_training(cfg)
+    assert min_image_size(OmegaConf.create({"name": "mine", "_target_": "x.y"})) == 1
+    assert min_image_size(OmegaConf.create({"name": "mine", "min_image_size": 64})) == 64
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_config_passes_validation(compose_cfg, experiment):
+    check_training(compose_cfg([f"experiment={experiment}", *RESOLVABLE]))
+    check_training(compose_cfg(RESOLVABLE))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["evaluation.threshold_method=foo", "trainer.epochs=0", "model=densenet121 dataset.image_size=16"],
+)
+def test_cli_refuses_a_bad_value_in_one_line_before_reading_data_or_building_a_model(tmp_path, override):
+    """The data folder does not exist: reading it first would fail differently; the model is not
+    built (Keras alone takes ~5 s to import here, DenseNet121 many more to build)."""
+    started = time.perf_counter()
+    out = run_cli(
+        "cxr.train",
+        "dataset=nih",
+        f"dataset.root={tmp_path}/absent",
+        *override.split(),
+        f"output_dir={tmp_path}/out",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    )
+    elapsed = time.perf_counter() - started
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("cxr: error: ") and override.split()[-1].split("=")[0] in line
+    assert elapsed < 5.0, f"{elapsed:.1f} s"  # ~1-2 s; importing Keras alone takes 5 s here
+    assert not (tmp_path / "mlflow.db").exists()  # no run was started either

@@ -7,6 +7,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cxr import metric_names as mn
 from cxr.train import train
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
 
@@ -37,7 +38,7 @@ def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
     out = evaluate_cli(cfg, f"run_id={run.info.run_id}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"Logged to MLflow run {run.info.run_id}" in out.stdout and "mean AUC [95% CI]: 0." in out.stdout
-    history = client.get_metric_history(run.info.run_id, "test_auc_mean")
+    history = client.get_metric_history(run.info.run_id, "test/auc_mean")
     assert len(history) == 2  # training's value, then the re-evaluation's
     assert history[1].value == pytest.approx(history[0].value, abs=1e-6)  # same model, same split, same data
     after = client.get_run(run.info.run_id)
@@ -47,11 +48,11 @@ def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
 
 def test_evaluate_a_registered_alias_on_the_validation_split(trained):
     cfg, client, run = trained
-    before = len(client.get_metric_history(run.info.run_id, "val_auc_mean"))
+    before = len(client.get_metric_history(run.info.run_id, mn.RANK))
     out = evaluate_cli(cfg, "model_uri=models:/cxr-eval-test@champion", "split=val", "evaluation.plots=false")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "on the val split" in out.stdout
-    assert len(client.get_metric_history(run.info.run_id, "val_auc_mean")) == before + 1
+    assert len(client.get_metric_history(run.info.run_id, mn.RANK)) == before + 1
     mlflow.set_tracking_uri(cfg.tracking.uri)
     assert "evaluation/val_per_disease.csv" in {
         a.path for a in client.list_artifacts(run.info.run_id, "evaluation")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
+from cxr import metric_names as mn
 from cxr.errors import CxrError
 from cxr.labels import NIH_PATHOLOGIES
 from cxr.scoring import Ranking, choose_thresholds, evaluate_split, operating_points, patient_bootstrap
@@ -117,7 +118,7 @@ def test_thresholds_never_see_test_labels(method):
     scrambled = evaluate_predictions(predictions(3, scrambled_labels), cfg, NIH_PATHOLOGIES)
     assert honest.thresholds == scrambled.thresholds
     np.testing.assert_array_equal(honest.tables["test"]["threshold"], scrambled.tables["test"]["threshold"])
-    assert honest.metrics["test_auc_mean"] != scrambled.metrics["test_auc_mean"]  # test labels did change
+    assert honest.metrics["test/auc_mean"] != scrambled.metrics["test/auc_mean"]  # test labels did change
     other_val = evaluate_predictions(predictions(5), cfg, NIH_PATHOLOGIES)
     assert other_val.thresholds["thresholds"] != honest.thresholds["thresholds"]
     expected = choose_thresholds(predictions(3)["val"].labels, predictions(3)["val"].scores, method)
@@ -136,7 +137,7 @@ def test_tables_carry_the_datasets_own_pathology_names():
     evaluation = evaluate_predictions({"val": split, "test": split}, _evaluation_cfg("youden"), names)
     assert list(evaluation.tables["test"].index) == list(names)
     assert set(evaluation.thresholds["thresholds"]) == set(names)
-    assert "test_auc_Support Devices" in evaluation.metrics
+    assert mn.per_disease("test", "auc", "Support Devices") in evaluation.metrics
     with pytest.raises(CxrError, match="2 pathology names for 3 label columns"):
         evaluate_split(y[:, :3], s[:, :3], patients, names[:2], 0, 0.95, 0)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cxr import metric_names as mn
 from cxr import model_registry, pyfunc
 from cxr.labels import NIH_PATHOLOGIES
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
@@ -52,11 +53,11 @@ def plant_version(
     with mlflow.start_run() as run:
         for artifact in ("config.yaml", "split.csv"):
             mlflow.log_text(mlflow.artifacts.load_text(f"runs:/{source_run}/{artifact}"), artifact)
-        mlflow.log_metrics({"val_auc_mean": val_auc, "test_auc_mean": test_auc})
+        mlflow.log_metrics({mn.RANK: val_auc, "test/auc_mean": test_auc})
         info = pyfunc.log_model([model], spec, registered_model_name=NAME)
     source_tags = client.get_model_version(NAME, "1").tags
     tags = model_registry.version_tags(
-        {"val_auc_mean": val_auc}, run.info.run_id, spec, source_tags["split_digest"], "cxr"
+        {mn.RANK: val_auc}, run.info.run_id, spec, source_tags["split_digest"], "cxr"
     )
     version = str(info.registered_model_version)
     model_registry.tag_version(client, NAME, version, tags)
@@ -89,13 +90,12 @@ def test_a_trained_version_carries_what_ranking_and_use_need(registry):
     cfg, client = registry
     tags = client.get_model_version(NAME, "1").tags
     run = client.get_run(tags["run_id"])
-    assert float(tags["val_auc_mean"]) == pytest.approx(run.data.metrics["val_auc_mean"])
-    assert (
-        float(tags["val_auc_mean_ci_low"])
-        <= float(tags["val_auc_mean"])
-        <= float(tags["val_auc_mean_ci_high"])
-    )
+    assert float(tags[mn.RANK]) == pytest.approx(run.data.metrics[mn.RANK])
+    low, high = mn.interval(mn.RANK)
+    assert float(tags[low]) <= float(tags[mn.RANK]) <= float(tags[high])
     assert tags["cxr.kind"] == "single" and tags["image_size"] == "32" and len(tags["split_digest"]) == 16
+    assert tags["run_name"] == run.info.run_name  # the version list says which run each version is
+    assert client.get_model_version(NAME, "1").description == f"from run {run.info.run_name}"
     assert set(__import__("json").loads(tags["thresholds"])) == set(NIH_PATHOLOGIES)
 
 
@@ -108,8 +108,8 @@ def test_ranking_is_by_validation_and_filters_apply(registry):
         "3",
         "5",
     ]
-    with pytest.raises(Exception, match="rank on a validation metric"):
-        model_registry.ranked_versions(client, NAME, metric="test_auc_mean")
+    with pytest.raises(Exception, match="choose a validation metric"):
+        model_registry.ranked_versions(client, NAME, metric="test/auc_mean")
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_promotion_refuses_a_worse_version_moves_for_a_better_and_force_override
     assert better.returncode == 0, better.stderr[-2000:]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == best
     record = client.get_model_version(NAME, best).tags
-    assert record["cxr.champion.replaced"] == "2" and record["cxr.champion.reason"].startswith("val_auc_mean")
+    assert record["cxr.champion.replaced"] == "2" and record["cxr.champion.reason"].startswith(mn.RANK)
     forced = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={worse}", "force=true")
     assert (
         forced.returncode == 0 and str(client.get_model_version_by_alias(NAME, "champion").version) == worse

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from cxr import metric_names as mn
 from cxr.errors import CxrError
 from tests.conftest import REPO, TINY, hydra_compose, run_cli, store_overrides
 
@@ -89,20 +90,28 @@ def test_core_sweep_runs_four_trials_then_resumes_with_four_more(tmp_path, data_
         assert child.data.tags["optuna.state"] == "COMPLETE" and child.info.status == "FINISHED"
         assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
         assert child.data.params["loss.smoothing_factor"] == str(trial.params["loss.smoothing_factor"])
-        assert child.data.metrics["val_auc_mean"] == pytest.approx(trial.value)
-        assert "test_auc_Hernia" in child.data.metrics and "val_loss" in child.data.metrics
-    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+        assert child.data.metrics[mn.OPTIMIZED] == pytest.approx(trial.value)
+        assert "test/auc/Hernia" in child.data.metrics and "val/loss" in child.data.metrics
+    assert parent.data.metrics[mn.BEST_VALUE] == pytest.approx(study.best_value)
     assert parent.data.tags["best_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
     assert parent.info.status == "FINISHED"
     assert f"best trial {study.best_trial.number}: value {study.best_value:.4f}" in first.stdout
     assert "optuna-dashboard sqlite:///" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
+    top = sorted(children, key=lambda c: c.data.metrics["val_auc_mean"], reverse=True)[:2]
+    (a, a_low, a_high), (b, b_low, b_high) = [
+        [c.data.metrics[f"val_auc_mean{k}"] for k in ("", "_ci_low", "_ci_high")] for c in top
+    ]
+    assert f"{a:.4f} [{a_low:.4f}, {a_high:.4f}]" in first.stdout and f"{b:.4f} [{b_low:.4f}," in first.stdout
+    overlap = a_low <= b_high and b_low <= a_high
+    assert ("selection is within noise" in first.stdout) == overlap
+    assert parent.data.tags["cxr.selection_within_noise"] == str(overlap).lower()
 
     again = run_cli("cxr.train", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [t.number for t in load(tmp_path, "core").trials] == list(range(8))
     (same_parent,), children = runs(tmp_path)
     assert same_parent.info.run_id == parent.info.run_id and len(children) == 8
-    assert same_parent.data.metrics["trials_complete"] == 8 and same_parent.info.status == "FINISHED"
+    assert same_parent.data.metrics[mn.trials("complete")] == 8 and same_parent.info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -111,7 +120,8 @@ def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end
     args = [
         a for a in sweep_args(tmp_path, data_root, "cheap", "+sweep=core", "model=small_cnn") if a not in FAST
     ]
-    out = run_cli("cxr.train", *args, "hydra.sweeper.n_trials=2", *REGISTER)
+    one = "hydra.sweeper.trial_evaluation.best_trials=1"
+    out = run_cli("cxr.train", *args, "hydra.sweeper.n_trials=2", one, *REGISTER)
     assert out.returncode == 0, out.stderr[-3000:]
     study = load(tmp_path, "cheap")
     best_run = study.best_trial.user_attrs["mlflow_run_id"]
@@ -120,20 +130,20 @@ def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end
     assert len(children) == 2
     for child in children:
         metrics, run_id = child.data.metrics, child.info.run_id
-        assert metrics["val_auc_mean"] == pytest.approx(
+        assert metrics[mn.OPTIMIZED] == pytest.approx(
             study.trials[int(child.data.tags["optuna.trial_number"])].value
         )
-        assert {"time_fit_s", "time_evaluate_s", "time_log_model_s"} <= set(metrics)
+        assert {mn.timing("fit"), mn.timing("evaluate"), mn.timing("log_model")} <= set(metrics)
         plots = [a.path for a in client.list_artifacts(run_id, "plots")]
         if run_id == best_run:
-            assert "val_auc_mean_ci_low" in metrics and "test_auc_mean_ci_high" in metrics
+            assert "val/auc_mean_ci_low" in metrics and "test/auc_mean_ci_high" in metrics
             assert "plots/roc_val.png" in plots and child.data.tags["cxr.reevaluated_with"]
         else:
-            assert "val_auc_mean_ci_low" not in metrics and plots == []
+            assert "val/auc_mean_ci_low" not in metrics and plots == []
     assert sorted(registered_runs(tmp_path)) == sorted(c.info.run_id for c in children)
     (version,) = client.search_model_versions(f"name = 'swept' and run_id = '{best_run}'")
-    assert float(version.tags["val_auc_mean"]) == pytest.approx(study.best_value)
-    assert "val_auc_mean_ci_low" in version.tags
+    assert float(version.tags[mn.RANK]) == pytest.approx(study.best_value)
+    assert mn.interval(mn.RANK)[0] in version.tags
     assert f"trial {study.best_trial.number}, one of the best: intervals and plots" in out.stdout
 
 
@@ -146,11 +156,43 @@ def test_trial_evaluation_overrides_leave_keys_given_on_the_command_line_alone()
     assert best.trial_overrides(cheap, set()) == [
         "evaluation.bootstrap.resamples=0",
         "evaluation.plots=false",
+        "optuna.keep_models=10",
     ]
-    assert best.trial_overrides(cheap, {"evaluation.plots"}) == ["evaluation.bootstrap.resamples=0"]
+    assert best.trial_overrides(cheap, {"evaluation.plots", "optuna.keep_models"}) == [
+        "evaluation.bootstrap.resamples=0"
+    ]
     assert best.trials_lack_full_evaluation(cheap, full, set())
     given = {"evaluation.plots", "evaluation.bootstrap.resamples"}
     assert not best.trials_lack_full_evaluation(cheap, full, given)
+    for keep, best_trials in [(0, 0), (2, 3)]:
+        with pytest.raises(CxrError, match="keep_models"):
+            best.check_trial_evaluation(OmegaConf.create({"keep_models": keep, "best_trials": best_trials}))
+    best.check_trial_evaluation(OmegaConf.create({"keep_models": None, "best_trials": 3}))
+
+
+@pytest.mark.slow
+def test_a_trial_logs_its_model_only_while_it_ranks_among_the_best_kept(tmp_path, data_root):
+    """keep_models=1: a trial registers its model only if no earlier completed trial beat it."""
+    args = sweep_args(
+        tmp_path, data_root, "keep", "+sweep=core", "model=small_cnn", "hydra.sweeper.n_trials=4"
+    )
+    args = [a for a in args if a != "tracking.log_model=false"]
+    out = run_cli("cxr.train", *args, *REGISTER, "hydra.sweeper.trial_evaluation.keep_models=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = load(tmp_path, "keep").trials
+    kept = {
+        t.user_attrs["mlflow_run_id"]
+        for i, t in enumerate(trials)
+        if all(earlier.value <= t.value for earlier in trials[:i])
+    }
+    assert sorted(registered_runs(tmp_path)) == sorted(kept)
+    assert trials[0].user_attrs["mlflow_run_id"] in kept
+    _, children = runs(tmp_path)
+    for child in children:
+        skipped = child.data.tags.get("cxr.model_skipped")
+        assert (skipped is None) == (child.info.run_id in kept)
+        if skipped:
+            assert skipped == "ranked below the study's best 1 trials"
 
 
 @pytest.mark.slow
@@ -178,8 +220,8 @@ def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
     _, (child,) = runs(tmp_path)
     assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "KILLED"
-    assert child.data.metrics["epochs_trained"] == 1 and "test_auc_mean" not in child.data.metrics
-    assert child.data.metrics["pruned_at_epoch"] == 0
+    assert child.data.metrics[mn.EPOCHS_TRAINED] == 1 and "test/auc_mean" not in child.data.metrics
+    assert child.data.metrics[mn.PRUNED_AT_EPOCH] == 0
     assert "trial 1 pruned" in out.stdout
     assert registered_runs(tmp_path) == []  # a pruned trial never becomes a model version
 
@@ -212,14 +254,16 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
         ("nosuch", 0.001): TrialState.FAIL,
         ("nosuch", 1e30): TrialState.FAIL,
     }
-    assert "unknown optimizer 'nosuch'" in out.stderr and "loss became nan" in out.stderr
+    assert "trainer.optimizer.name='nosuch': choose one of adam, adamw, sgd" in out.stderr
+    assert "loss became nan" in out.stderr
     _, children = runs(tmp_path)
     by_state = {}
     for child in children:
         by_state.setdefault(child.data.tags["optuna.state"], []).append(child)
     assert len(by_state["COMPLETE"]) == 1 and by_state["COMPLETE"][0].info.status == "FINISHED"
-    assert len(by_state["FAIL"]) == 3 and all(c.info.status == "FAILED" for c in by_state["FAIL"])
-    assert sum("loss became nan" in c.data.tags["cxr.error"] for c in by_state["FAIL"]) == 1
+    # nosuch is refused before any work, so before a run starts: only the NaN trial has a FAILED run
+    (failed,) = by_state["FAIL"]
+    assert failed.info.status == "FAILED" and "loss became nan" in failed.data.tags["cxr.error"]
     assert registered_runs(tmp_path) == [by_state["COMPLETE"][0].info.run_id]  # failed trials: no version
     # the summary counts completed trials only: sgd's one, and no row for nosuch
     (parent,), _ = runs(tmp_path)
@@ -359,6 +403,7 @@ def test_the_summary_groups_completed_trials_best_first_with_mean_std_and_count(
 
     space = {"loss": optuna.distributions.CategoricalDistribution(["a", "b"])}
     study = optuna.create_study(direction="maximize")
+    study.set_metric_names([mn.OPTIMIZED])  # as sweeps name it
     for loss, value, state in [
         ("a", 0.6, TrialState.COMPLETE),
         ("a", 0.8, TrialState.COMPLETE),
@@ -455,7 +500,7 @@ def test_a_job_reopens_its_trial_from_the_storage_with_the_sweeps_pruner_and_is_
     from cxr.sweep.study import create_or_join
 
     url = f"sqlite:///{tmp_path}/optuna.db"
-    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="job", monitor="val_x"))
+    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="job", monitor="val/x"))
     settings.pruner.n_startup_trials, settings.pruner.n_warmup_steps = 1, 0
     searched = {"x": FloatDistribution(0.0, 1.0)}
     study, created = create_or_join(settings, url, searched)
@@ -479,9 +524,9 @@ def test_a_job_reopens_its_trial_from_the_storage_with_the_sweeps_pruner_and_is_
     reporter.record_run("run-1")
     callback, model = reporter.callback(), types.SimpleNamespace(stop_training=False)
     callback.set_model(model)
-    with pytest.raises(CxrError, match="hydra.sweeper.monitor='val_x' is not logged each epoch"):
+    with pytest.raises(CxrError, match="hydra.sweeper.monitor='val/x' is not logged each epoch"):
         callback.on_epoch_end(0, {"val_auc": 0.5})
-    callback.on_epoch_end(0, {"val_x": 0.5})  # trails the finished trial's 1.0: pruned
+    callback.on_epoch_end(0, {"val_x": 0.5})  # Keras's key of val/x; trails the finished 1.0: pruned
     assert reporter.pruned_at == 0 and model.stop_training
     stored = load(tmp_path, "job").trials[1]
     assert stored.intermediate_values == {0: 0.5} and stored.user_attrs["mlflow_run_id"] == "run-1"
@@ -513,3 +558,85 @@ def test_hydra_finds_the_sweeper_without_importing_optuna_or_mlflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["[]", "True", "True"]
+
+
+def test_the_study_names_its_objective_for_optuna_dashboard(tmp_path):
+    from cxr.sweep.settings import CxrOptunaSweeperConf
+    from cxr.sweep.study import create_or_join
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = OmegaConf.structured(CxrOptunaSweeperConf(study_name="named"))
+    create_or_join(settings, url, {"x": FloatDistribution(0.0, 1.0)}, mn.OPTIMIZED)
+    assert load(tmp_path, "named").metric_names == ["val/auc_mean"]  # not "Objective 0"
+
+
+SECRET = "s3cretXYZ"
+
+
+@pytest.mark.slow
+def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_console(tmp_path, data_root):
+    """SQLite takes (and ignores) unknown URI parameters, so a real sweep runs on a URL with a password."""
+    import sqlite3
+
+    url = f"sqlite:///file:{tmp_path}/optuna.db?uri=true&password={SECRET}"
+    args = [a for a in sweep_args(tmp_path, data_root, "masked") if not a.startswith("hydra.sweeper.storage")]
+    out = run_cli(
+        "cxr.train",
+        *args,
+        f"hydra.sweeper.storage='{url}'",
+        "hydra/sweeper=cxr_optuna",
+        "hydra.sweeper.n_trials=2",
+        "seed=choice(1,2)",
+        "hydra.sweeper.trial_evaluation.best_trials=0",
+        *REGISTER,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(load(tmp_path, "masked").trials) == 2
+    store = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")
+    dump = "\n".join(store.iterdump())
+    assert "password=***" in dump  # the storage is logged (tag, params, overrides), masked
+    assert SECRET not in dump
+    artifacts = [p for p in (tmp_path / "mlruns" / "artifacts").rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in artifacts)
+    assert not [p for p in artifacts if SECRET.encode() in p.read_bytes()]
+    assert "Launching 1 jobs locally" in out.stdout and "password=***" in out.stdout
+    assert SECRET not in out.stdout + out.stderr
+    assert "trial 1/2 done (number 0): 0." in out.stdout and "trial 2/2 done (number 1): " in out.stdout
+    assert ", best so far 0." in out.stdout
+
+
+def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):
+    from cxr import tracking
+
+    cfg = compose_cfg(["tracking.uri=http://user:s3cret@mlflow.example:5000", f"output_dir={tmp_path}"])
+    params = tracking.config_params(cfg)
+    assert params["tracking.uri"] == "http://user:***@mlflow.example:5000"
+    assert tracking.run_tags(["optuna.storage='postgresql://u:s3cret@db/x'"])["hydra.overrides"] == (
+        "optuna.storage='postgresql://u:***@db/x'"
+    )
+
+
+def test_an_unknown_pruner_monitor_stops_the_sweep_before_any_trial(tmp_path, data_root):
+    bad = "hydra.sweeper.monitor=val/x"
+    args = sweep_args(tmp_path, data_root, "mon", "+sweep=core", "model=small_cnn", bad)
+    out = run_cli("cxr.train", *args)
+    assert out.returncode == 2
+    assert "cxr: error: hydra.sweeper.monitor='val/x': choose one of train/loss, train/auc," in out.stderr
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_selection_is_within_noise_when_best_and_runner_up_intervals_overlap():
+    from cxr.sweep.best import Selection
+
+    close = Selection("val/auc_mean", [(3, 0.71, 0.65, 0.77), (5, 0.70, 0.64, 0.76), (1, 0.6, 0.5, 0.7)])
+    assert close.within_noise is True
+    lines = close.lines(0.95)
+    assert lines[0] == "[cxr sweep] validation val/auc_mean [95% CI] of the best trials:"
+    assert lines[1] == "  trial 3: 0.7100 [0.6500, 0.7700]" and "selection is within noise" in lines[-1]
+    clear = Selection("val/auc_mean", [(3, 0.9, 0.85, 0.95), (5, 0.7, 0.64, 0.76)])
+    assert clear.within_noise is False and "clear of the runner-up" in clear.lines(0.95)[-1]
+    alone = Selection("val/auc_mean", [(3, 0.9, 0.85, 0.95), (5, 0.7, None, None)])
+    assert alone.within_noise is None and "best_trials=2" in alone.lines(0.95)[-1]
+    assert "  trial 5: 0.7000 (no interval)" in alone.lines(0.95)
+    single = Selection("val/auc_mean", [(0, 0.9, 0.85, 0.95)])
+    assert single.within_noise is None and "no runner-up" in single.lines(0.95)[-1]

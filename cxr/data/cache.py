@@ -202,8 +202,15 @@ def _current(folder: Path, stats: np.ndarray) -> bool:
     return records.shape == (len(stats), 4) and bool((records[:, :2] == stats).all())
 
 
+def _can_start_processes() -> bool:
+    """Whether this process can start a Pool: not inside a joblib (loky) worker, whose start method a
+    spawned child inherits and cannot set (`cannot find context for 'loky'`: the pool would hang)."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    return method is None or method in multiprocessing.get_all_start_methods()
+
+
 def _run(tasks: list[tuple[int, str, int]], workers: int):
-    if workers > 1 and len(tasks) >= MIN_PARALLEL:
+    if workers > 1 and len(tasks) >= MIN_PARALLEL and _can_start_processes():
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             yield from pool.imap_unordered(_load_one, tasks, chunksize=16)
     else:

@@ -32,15 +32,24 @@ def _load_backbone(weights: str | None, input_shape: tuple[int, ...]) -> keras.M
         return keras.applications.DenseNet121(include_top=False, weights=source, input_shape=input_shape)
     except Exception as err:  # Keras raises a bare Exception for a failed download
         if source == "imagenet" and "URL fetch failure" in str(err):
-            raise CxrError(
-                "model.weights=imagenet: could not download the DenseNet121 ImageNet weights "
-                f"({err.__class__.__name__}: {str(err).splitlines()[0][:160]}). Offline, copy the file to "
-                f"{IMAGENET_CACHE}, pass its path as model.weights=/path/to/weights.h5, or use "
-                "model.weights=null to start from random weights."
-            ) from None
+            raise _download_failure(str(err)) from None
         if source not in (None, "imagenet"):
             raise CxrError(f"model.weights={weights!r} could not be loaded into DenseNet121: {err}") from None
         raise
+
+
+def _download_failure(keras_message: str) -> CxrError:
+    """What failed and what to do, in full. Keras says `URL fetch failure on URL: CODE -- REASON`, where
+    CODE is often None; the URL and the reason are what a user needs, never cut short."""
+    text = " ".join(keras_message.split())
+    where, _, reason = text.removeprefix("URL fetch failure on ").partition(" -- ")
+    url = where.rsplit(": ", 1)[0] if reason else ""
+    failure = f"from {url}: {reason}" if reason else f"({text})"
+    return CxrError(
+        f"model.weights=imagenet: could not download the DenseNet121 ImageNet weights {failure}. "
+        f"Offline, copy that file to {IMAGENET_CACHE}, or pass its path as "
+        "model.weights=/path/to/weights.h5, or use model.weights=null to start from random weights."
+    )
 
 
 def _freeze(backbone: keras.Model, frozen: str) -> None:

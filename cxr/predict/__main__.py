@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, register_configs
+from cxr.console import announce
 from cxr.errors import EXIT_USER_ERROR, CxrError, exit_on_user_error, run_command
 
 register_configs()
@@ -99,6 +100,7 @@ def run(cfg: DictConfig) -> int:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    announce("predict", cfg)
     if run(cfg):
         sys.exit(EXIT_USER_ERROR)
 

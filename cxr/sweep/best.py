@@ -8,10 +8,13 @@ the sweep's own evaluation settings (`cxr.evaluate`, intervals and plots as a pl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr import metric_names
+from cxr.errors import CxrError
 from cxr.sweep.study import RUN_ID_ATTR
 
 if TYPE_CHECKING:
@@ -19,12 +22,28 @@ if TYPE_CHECKING:
 
 RESAMPLES_KEY = "evaluation.bootstrap.resamples"
 PLOTS_KEY = "evaluation.plots"
+KEEP_MODELS_KEY = "optuna.keep_models"
 
 
 def trial_overrides(trial_evaluation, given: set[str]) -> list[str]:
     """The overrides that give each trial the sweep's trial evaluation; a key given is left alone."""
-    wanted = {RESAMPLES_KEY: trial_evaluation.bootstrap_resamples, PLOTS_KEY: trial_evaluation.plots}
+    keep = trial_evaluation.keep_models
+    wanted = {
+        RESAMPLES_KEY: trial_evaluation.bootstrap_resamples,
+        PLOTS_KEY: trial_evaluation.plots,
+        KEEP_MODELS_KEY: "null" if keep is None else keep,
+    }
     return [f"{key}={str(value).lower()}" for key, value in wanted.items() if key not in given]
+
+
+def check_trial_evaluation(trial_evaluation) -> None:
+    """The trials re-evaluated at the end need their models, so they must be among those kept."""
+    keep, best = trial_evaluation.keep_models, trial_evaluation.best_trials
+    if keep is not None and (keep < 1 or best > keep):
+        raise CxrError(
+            f"hydra.sweeper.trial_evaluation.keep_models={keep}: keep at least 1 model and at least "
+            f"best_trials={best} (their models are re-evaluated at the end); null keeps every trial's model"
+        )
 
 
 def trials_lack_full_evaluation(trial_evaluation, evaluation: DictConfig, given: set[str]) -> bool:
@@ -66,3 +85,56 @@ def reevaluate(run_id: str, config: DictConfig) -> dict[str, float]:
     if name:
         model_registry.tag_run_versions(MlflowClient(config.tracking.uri), name, run_id, metrics)
     return metrics
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How far the sweep's choice can be trusted: the best trials' validation values with intervals."""
+
+    metric: str
+    rows: list[tuple[int, float, float | None, float | None]]  # trial, value, interval low, high
+
+    @property
+    def within_noise(self) -> bool | None:
+        """Whether the best and runner-up intervals overlap; None without two intervals."""
+        if len(self.rows) < 2 or any(low is None for _, _, low, _ in self.rows[:2]):
+            return None
+        (_, _, low_a, high_a), (_, _, low_b, high_b) = self.rows[:2]
+        return low_a <= high_b and low_b <= high_a
+
+    def lines(self, confidence: float) -> list[str]:
+        """The summary's lines: one per trial, then the verdict on best against runner-up."""
+        out = [f"[cxr sweep] validation {self.metric} [{confidence:.0%} CI] of the best trials:"]
+        for number, value, low, high in self.rows:
+            interval = f" [{low:.4f}, {high:.4f}]" if low is not None else " (no interval)"
+            out.append(f"  trial {number}: {value:.4f}{interval}")
+        verdict = self.within_noise
+        if len(self.rows) < 2:
+            out.append("[cxr sweep] one completed trial: no runner-up to compare with")
+        elif verdict is None:
+            out.append(
+                "[cxr sweep] cannot say whether the best beats the runner-up: re-evaluate at least two "
+                "trials with intervals (hydra.sweeper.trial_evaluation.best_trials=2)"
+            )
+        elif verdict:
+            out.append(
+                "[cxr sweep] selection is within noise: the best and runner-up intervals overlap, so the "
+                "validation set cannot tell them apart; prefer more validation patients over the ranking"
+            )
+        else:
+            out.append("[cxr sweep] the best trial's interval lies clear of the runner-up's")
+        return out
+
+
+def selection(study: optuna.Study, n: int, direction: str, metric: str, tracking_uri: str) -> Selection:
+    """The `n` best trials' `metric` and its `_ci_low`/`_ci_high`, as their MLflow runs hold them after
+    the end-of-sweep re-evaluation (a trial's own value where its run has no such metric)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    rows = []
+    for trial in best_trials(study, n, direction):
+        metrics = client.get_run(trial.user_attrs[RUN_ID_ATTR]).data.metrics
+        low, high = (metrics.get(name) for name in metric_names.interval(metric))
+        rows.append((trial.number, metrics.get(metric, trial.value), low, high))
+    return Selection(metric, rows)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR, safe_url
+from cxr import metric_names
+from cxr.masking import mask
+from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; both are imported on use
     import optuna
@@ -45,6 +47,13 @@ class ParentRun:
         self.tracking_uri = tracking_uri
 
     @classmethod
+    def create(cls, tracking_cfg, name: str, tags: dict[str, str]) -> ParentRun:
+        """A new parent run in the configured store and experiment (both made if new)."""
+        client, experiment_id = connect(tracking_cfg, create=True)
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        return cls(client, run.info.run_id, tracking_cfg.uri)
+
+    @classmethod
     def open(
         cls, tracking_cfg, study: optuna.Study, created: bool, searched: dict, settings, url: str
     ) -> ParentRun:
@@ -67,11 +76,11 @@ class ParentRun:
         step = len(trials)
         for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             count = sum(t.state == state for t in trials)
-            self.client.log_metric(self.run_id, f"trials_{state.name.lower()}", count, step=step)
+            self.client.log_metric(self.run_id, metric_names.trials(state.name.lower()), count, step=step)
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return
         best = study.best_trial
-        self.client.log_metric(self.run_id, "best_value", best.value, step=step)
+        self.client.log_metric(self.run_id, metric_names.BEST_VALUE, best.value, step=step)
         self.client.set_tag(self.run_id, "best_trial", str(best.number))
         self.client.set_tag(self.run_id, "best_run_id", str(best.user_attrs.get(RUN_ID_ATTR)))
         for key, value in best.params.items():
@@ -110,13 +119,20 @@ def summary_table(study: optuna.Study, by: list[str], direction: str) -> pd.Data
     """Mean, standard deviation and count of the value per group of completed trials, best first:
     seed noise next to differences. None when no completed trial has any of the `by` parameters."""
     frame = study.trials_dataframe(attrs=("number", "value", "params", "state"))
+    # a named objective (study.set_metric_names) is the column value_<name>
+    frame = frame.rename(columns={f"value_{n}": "value" for n in study.metric_names or []})
     if frame.empty:
         return None
     frame = frame[frame["state"] == "COMPLETE"]
     columns = [f"params_{k}" for k in by if f"params_{k}" in frame]
     if frame.empty or not columns:
         return None
-    table = frame.groupby(columns)["value"].agg(["mean", "std", "count"])
+    return mean_std_count(frame, columns, direction)
+
+
+def mean_std_count(frame: pd.DataFrame, by: list[str], direction: str) -> pd.DataFrame:
+    """Mean, standard deviation and count of `frame["value"]` per group of the `by` columns, best first."""
+    table = frame.groupby(by)["value"].agg(["mean", "std", "count"])
     return table.sort_values("mean", ascending=direction == "minimize")
 
 
@@ -137,7 +153,7 @@ def _create(client: MlflowClient, experiment_id: str, searched: dict, settings, 
     run = client.create_run(
         experiment_id,
         run_name=f"sweep-{settings.study_name}",
-        tags={"cxr.sweep": "true", "optuna.study_name": settings.study_name, "optuna.storage": safe_url(url)},
+        tags={"cxr.sweep": "true", "optuna.study_name": settings.study_name, "optuna.storage": mask(url)},
     )
     run_id = run.info.run_id
     params = {f"space.{k}": repr(v) for k, v in searched.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager, nullcontext
 
-from cxr import heartbeat
+from cxr import heartbeat, metric_names
 from cxr.errors import CxrError
 from cxr.sweep.study import HEARTBEAT_ATTR, MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
 
@@ -33,10 +33,11 @@ class TrialReporter:
         self.trial = optuna.trial.Trial(study, cfg_optuna.trial_id)
         self.storage = storage
         self.heartbeat_interval: int | None = attrs.get(HEARTBEAT_ATTR, {}).get("heartbeat_interval")
-        self.monitor: str = attrs.get(MONITOR_ATTR, "val_auc")
+        self.monitor: str = attrs.get(MONITOR_ATTR, metric_names.MONITOR)
         self.number: int = cfg_optuna.trial_number
         self.study_name: str = cfg_optuna.study_name
         self.parent_run_id: str | None = cfg_optuna.parent_run_id
+        self.keep_models: int | None = cfg_optuna.keep_models
         self.pruned_at: int | None = None  # the epoch after which the pruner stopped training
 
     def callback(self):
@@ -48,12 +49,13 @@ class TrialReporter:
         class OptunaPruning(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 logs = logs or {}
-                if owner.monitor not in logs:
+                key = metric_names.to_keras(owner.monitor)  # Keras's log key of e.g. val/auc
+                if key not in logs:
                     raise CxrError(
                         f"hydra.sweeper.monitor={owner.monitor!r} is not logged each epoch; "
-                        f"choose one of {', '.join(sorted(logs))}"
+                        f"choose one of {', '.join(sorted(map(metric_names.from_keras, logs)))}"
                     )
-                value = float(logs[owner.monitor])
+                value = float(logs[key])
                 if math.isfinite(value):
                     owner.trial.report(value, step=epoch)
                 if owner.trial.should_prune():
@@ -61,6 +63,25 @@ class TrialReporter:
                     self.model.stop_training = True
 
         return OptunaPruning()
+
+    def keeps_model(self, value: float) -> bool:
+        """Whether a trial ending with `value` ranks among the best `keep_models` completed trials so far.
+
+        Later trials can only push a trial down, so one outside them now is never among the best N at
+        the end (what the ensemble's top K and the sweep's best-trial re-evaluation read).
+        """
+        from optuna.study import StudyDirection
+        from optuna.trial import TrialState
+
+        if self.keep_models is None:
+            return True
+        if not math.isfinite(value):
+            return False
+        maximize = self.trial.study.direction == StudyDirection.MAXIMIZE
+        done = self.trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        values = [t.value for t in done if t.value is not None]
+        better = sum(1 for v in values if (v > value if maximize else v < value))
+        return better < self.keep_models
 
     def heartbeat(self) -> AbstractContextManager:
         """Renew the trial's Optuna heartbeat from this process (the one that runs the trial, wherever the

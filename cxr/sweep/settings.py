@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from cxr import metric_names
+
 
 @dataclass
 class SamplerConf:
@@ -29,7 +31,12 @@ class TrialEvaluationConf:
 
     bootstrap_resamples: int = 0  # evaluation.bootstrap.resamples of each trial (0: no intervals)
     plots: bool = False  # evaluation.plots of each trial
-    best_trials: int = 1  # at the end, the best completed trials re-evaluated with intervals and plots
+    # at the end, the best completed trials re-evaluated with intervals and plots; 2 or more lets the
+    # summary say whether the best trial's interval overlaps the runner-up's
+    best_trials: int = 2
+    # a finished trial logs and registers its model only while it ranks among the best `keep_models`
+    # completed trials of the study (null: every trial); a trial outside them can never enter them later
+    keep_models: int | None = 10
 
 
 @dataclass
@@ -38,8 +45,8 @@ class CxrOptunaSweeperConf:
     _target_: str = "hydra_plugins.cxr_optuna_sweeper.plugin.CxrOptunaSweeper"
     study_name: str = "cxr"
     storage: str | None = None  # any Optuna storage URL; null = sqlite:///mlruns/optuna.db
-    direction: str = "maximize"  # of the value the task returns (cxr.train: val_auc_mean)
-    monitor: str = "val_auc"  # what each trial reports every epoch, for the pruner
+    direction: str = "maximize"  # of the value the task returns (cxr.train: optimized_metric, val/auc_mean)
+    monitor: str = metric_names.MONITOR  # what each trial reports every epoch, for the pruner: val/auc
     n_trials: int = 20  # new trials this command runs (a rerun adds as many again)
     timeout: float | None = None  # seconds; no new trial starts after it
     n_jobs: int = 1  # trials launched together; they run in parallel with a parallel launcher

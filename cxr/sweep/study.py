@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from cxr.errors import CxrError
 from cxr.locking import locked, sqlite_file
+from cxr.masking import mask
 from cxr.sweep import space
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
@@ -32,16 +33,6 @@ RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 def storage_url(setting: str | None) -> str:
     """`hydra.sweeper.storage`, or the default SQLite file next to the local MLflow store."""
     return setting or DEFAULT_STORAGE
-
-
-def safe_url(url: str) -> str:
-    """The storage URL without its password, for logs and tags."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def heartbeat_settings(settings) -> dict[str, Any]:
@@ -95,7 +86,7 @@ def _open(url: str, kwargs: dict[str, Any], attempts: int) -> optuna.storages.RD
                 or "UNIQUE constraint" not in str(err)
                 and "already exists" not in str(err)
             ):
-                raise CxrError(f"Optuna storage {safe_url(url)!r} is not usable: {err}") from None
+                raise CxrError(mask(f"Optuna storage {url!r} is not usable: {err}")) from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -147,11 +138,14 @@ def build_sampler(
     raise CxrError(f"hydra.sweeper.sampler.name={name!r}: choose tpe, random or grid")
 
 
-def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bool]:
+def create_or_join(
+    settings, url: str, searched: dict, metric_name: str | None = None
+) -> tuple[optuna.Study, bool]:
     """The study `settings.study_name` in the storage at `url`, and whether this call created it.
 
     Creating a study is atomic in the storage, so of several workers starting together exactly one
-    gets True. Either way the study records the pruner's settings and the monitored metric for jobs.
+    gets True. Either way the study records the pruner's settings and the monitored metric for jobs,
+    and `metric_name` (what the trials return) names the objective for optuna-dashboard.
     """
     import optuna
 
@@ -183,4 +177,6 @@ def create_or_join(settings, url: str, searched: dict) -> tuple[optuna.Study, bo
     study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(settings.pruner))
     study.set_user_attr(MONITOR_ATTR, settings.monitor)
     study.set_user_attr(HEARTBEAT_ATTR, heartbeat_settings(settings))
+    if metric_name:
+        study.set_metric_names([metric_name])
     return study, created

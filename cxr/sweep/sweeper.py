@@ -21,10 +21,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cxr import heartbeat
+from cxr.config import check_sweep_monitor
 from cxr.errors import CxrError, exit_on_user_error
+from cxr.masking import mask
+from cxr.metric_names import SELECTION_TAG
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
-from cxr.sweep.study import RUN_ID_ATTR, create_or_join, safe_url, storage_url
+from cxr.sweep.study import RUN_ID_ATTR, create_or_join, storage_url
 
 if TYPE_CHECKING:
     import optuna
@@ -60,19 +63,21 @@ class CxrOptunaSweeper(Sweeper):
         import optuna
 
         s = self.settings
+        best.check_trial_evaluation(s.trial_evaluation)
+        check_sweep_monitor("hydra.sweeper.monitor", s.monitor)  # else every trial fails after an epoch
         searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         url = storage_url(s.storage)
-        study, created = create_or_join(s, url, searched)
+        study, created = create_or_join(s, url, searched, self.config.get("optimized_metric"))
         parent = ParentRun.open(self.config.tracking, study, created, searched, s, url)
         self._recover(study, parent)
         grid = space.grid(searched) if s.sampler.name == "grid" else None
         given = {*fixed, *searched}
         fixed_args = [f"{k}={v}" for k, v in fixed.items()] + best.trial_overrides(s.trial_evaluation, given)
-        print(f"[cxr sweep] study {s.study_name!r} in {safe_url(url)}: {len(study.trials)} trials so far")
+        print(f"[cxr sweep] study {s.study_name!r} in {mask(url)}: {len(study.trials)} trials so far")
 
         deadline = time.monotonic() + s.timeout if s.timeout else None
         ran = 0
@@ -104,8 +109,9 @@ class CxrOptunaSweeper(Sweeper):
             with heartbeat.beating(self._beat(study, trials), s.heartbeat_interval):
                 returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += size
-            for t, ret in zip(trials, returns, strict=True):
+            for k, (t, ret) in enumerate(zip(trials, returns, strict=True)):
                 self._tell(study, t, ret)
+                print(self._progress(study, t.number, ran + k + 1, s.n_trials), flush=True)
             ran += size
             parent.log_progress(study)
         self._evaluate_best(study, given)  # before the summary, which ends the output
@@ -133,6 +139,18 @@ class CxrOptunaSweeper(Sweeper):
                 study._storage.record_heartbeat(trial._trial_id)
 
         return beat
+
+    @staticmethod
+    def _progress(study: optuna.Study, number: int, done: int, total: int) -> str:
+        """`trial 3/20 done (number 7): 0.8123, best so far 0.8345 (trial 5)`."""
+        from optuna.trial import TrialState
+
+        trial = study.get_trials(deepcopy=False)[number]
+        value = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
+        line = f"[cxr sweep] trial {done}/{total} done (number {number}): {value}"
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            line += f", best so far {study.best_value:.4f} (trial {study.best_trial.number})"
+        return line
 
     def _recover(self, study: optuna.Study, parent: ParentRun) -> None:
         """Trials whose worker died (no heartbeat for `grace_period` s) become FAIL and are queued again
@@ -229,6 +247,17 @@ class CxrOptunaSweeper(Sweeper):
                     file=sys.stderr,
                 )
 
+    def _report_selection(self, study: optuna.Study, parent: ParentRun) -> None:
+        """The best trials' validation values with intervals, and whether best and runner-up overlap."""
+        s, cfg = self.settings, self.config
+        chosen = best.selection(
+            study, max(s.trial_evaluation.best_trials, 2), s.direction, cfg.optimized_metric, cfg.tracking.uri
+        )
+        for line in chosen.lines(cfg.evaluation.bootstrap.confidence):
+            print(line)
+        if chosen.within_noise is not None:
+            parent.client.set_tag(parent.run_id, SELECTION_TAG, str(chosen.within_noise).lower())
+
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
         from optuna.trial import TrialState
 
@@ -247,5 +276,6 @@ class CxrOptunaSweeper(Sweeper):
             chosen = " ".join(f"{k}={v}" for k, v in best.params.items())
             print(f"[cxr sweep] best trial {best.number}: value {best.value:.4f} with {chosen}")
             print(f"[cxr sweep] best trial's MLflow run: {best.user_attrs.get(RUN_ID_ATTR)}")
+            self._report_selection(study, parent)
         print(f"[cxr sweep] MLflow parent run: {parent.run_id}; {parent.ui_command()}")
-        print(f"[cxr sweep] the study itself: optuna-dashboard {safe_url(url)}", flush=True)
+        print(f"[cxr sweep] the study itself: optuna-dashboard {mask(url)}", flush=True)
