@@ -30,6 +30,7 @@ if keras.backend.backend() == "tensorflow":
     (cpu,) = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from mlflow.tracking import MlflowClient
+from cxr import metric_names
 from cxr.train import train
 from tests.conftest import hydra_compose
 assert len(keras.distribution.list_devices()) == 2, keras.distribution.list_devices()
@@ -42,8 +43,7 @@ for name, knobs in [("one", ["trainer.batch_size=32"]),
     train(cfg)
     client = MlflowClient(cfg.tracking.uri)
     (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    key = "train_loss" if "train_loss" in run.data.metrics else "loss"
-    history = client.get_metric_history(run.info.run_id, key)
+    history = client.get_metric_history(run.info.run_id, metric_names.from_keras("loss"))
     loss = [m.value for m in sorted(history, key=lambda m: m.step)]
     curves[name] = {{"run_id": run.info.run_id, "loss": loss, "uri": cfg.tracking.uri}}
 print("CURVES=" + json.dumps(curves))
