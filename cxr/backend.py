@@ -15,6 +15,7 @@ from cxr.errors import CxrError
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE = ("auto", True, False)
 JAX_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+DISTRIBUTIONS = ("none", "data_parallel")
 
 
 def check_trainer(t) -> None:
@@ -26,6 +27,8 @@ def check_trainer(t) -> None:
     steps = t.steps_per_execution
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise CxrError(f"trainer.steps_per_execution={steps!r}: give a whole number of batches, 1 or more")
+    if t.distribution not in DISTRIBUTIONS:
+        raise CxrError(f"trainer.distribution={t.distribution!r}: choose one of {', '.join(DISTRIBUTIONS)}")
 
 
 def compile_options(t) -> dict:
@@ -48,6 +51,55 @@ def dtype_policy(precision: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextmanager
+def distribution(kind: str) -> Iterator[int]:
+    """Build, compile and fit inside this to train data-parallel (trainer.distribution); yields the
+    number of replicas, by which the per-device batch is multiplied.
+
+    `data_parallel` replicates the model on every local device with the backend's own engine and splits
+    each global batch between them: `tf.distribute.MirroredStrategy` on TensorFlow (or the strategy
+    `TF_CONFIG` asks for, `MultiWorkerMirroredStrategy`, across machines), `keras.distribution.DataParallel`
+    on JAX (every process's devices once `jax.distributed` is initialised). The model keeps the strategy
+    it was built under; what it saves loads without one.
+    """
+    if kind == "none":
+        yield 1
+        return
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        multi_worker = "TF_CONFIG" in os.environ
+        strategy = (
+            tf.distribute.MultiWorkerMirroredStrategy() if multi_worker else tf.distribute.MirroredStrategy()
+        )
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+    elif backend == "jax":
+        previous = keras.distribution.distribution()
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield len(devices)
+        finally:
+            keras.distribution.set_distribution(previous)
+    else:
+        raise CxrError(
+            f"trainer.distribution={kind} is not supported on the {backend} backend; "
+            "use KERAS_BACKEND=tensorflow or jax, or trainer.distribution=none"
+        )
+
+
+def batch_multiple(replicas: int) -> int:
+    """What every batch's size must be a multiple of: JAX shards each batch evenly between devices,
+    where TensorFlow's strategy also splits an uneven last batch."""
+    import keras
+
+    return replicas if keras.backend.backend() == "jax" else 1
 
 
 def enable_determinism() -> None:

@@ -219,6 +219,9 @@ class TrainerConfig:
     precision: str = "float32"
     jit_compile: Any = "auto"  # XLA-compile the train step: auto (Keras decides per backend), true, false
     steps_per_execution: int = 1  # batches per compiled call (callbacks see every Nth batch)
+    # none, or data_parallel: one replica per local device (all of a multi-worker cluster's), each taking
+    # batch_size images, so the global batch is batch_size x devices; the learning rate is not scaled
+    distribution: str = "none"
 
 
 # ---------------------------------------------------------------- callbacks

@@ -30,10 +30,15 @@ def artifact_root(cfg) -> str | None:
     return str(db.parent / "artifacts") if db is not None else None
 
 
-def _artifact_location(root: str | None, experiment_name: str) -> str | None:
+def _artifact_location(root: str | None, experiment_name: str, uri: str = "") -> str | None:
+    """Where a new experiment keeps its artifacts. Against a tracking server (http[s]://) a local
+    `artifact_root` is this machine's folder, which no other machine sees: the server's own default
+    (its --artifacts-destination, served through it) applies instead; a URL root (s3://...) is kept."""
     if root is None:
         return None
     leaf = re.sub(r"[^\w.-]+", "_", experiment_name)
+    if uri.startswith(("http://", "https://")) and "://" not in root:
+        return None
     if "://" in root:
         return f"{root.rstrip('/')}/{leaf}"
     return (Path(root).expanduser().resolve() / leaf).as_uri()
@@ -66,7 +71,8 @@ def _experiment_id(cfg) -> str:
         if experiment is not None:
             return experiment.experiment_id
         return mlflow.create_experiment(
-            cfg.experiment_name, artifact_location=_artifact_location(artifact_root(cfg), cfg.experiment_name)
+            cfg.experiment_name,
+            artifact_location=_artifact_location(artifact_root(cfg), cfg.experiment_name, cfg.uri),
         )
     except mlflow.exceptions.MlflowException as err:
         raise CxrError(f"MLflow store {mask(cfg.uri)} is not usable: {err}") from None

@@ -78,7 +78,16 @@ def log_counts(data, min_positives: int) -> None:
 
 
 def fit(cfg: DictConfig, data, reporter=None):
-    """Build, compile and fit the configured model on `data`'s train split; returns (model, history)."""
+    """Build, compile and fit the configured model on `data`'s train split; returns (model, history).
+
+    trainer.distribution=data_parallel: on every local device, each taking trainer.batch_size images."""
+    from cxr import backend
+
+    with backend.distribution(cfg.trainer.distribution) as replicas:
+        return _fit(cfg, data, reporter, replicas)
+
+
+def _fit(cfg: DictConfig, data, reporter, replicas: int):
     import keras
 
     from cxr import backend, tracking
@@ -117,11 +126,18 @@ def fit(cfg: DictConfig, data, reporter=None):
             data.images,
             data.labels,
             data.rows["train"],
-            batch_size=t.batch_size,
+            batch_size=t.batch_size * replicas,
             training=True,
             seed=cfg.seed,
+            multiple_of=backend.batch_multiple(replicas),
         ),
-        validation_data=make_dataset(data.images, data.labels, data.rows["val"], batch_size=t.batch_size),
+        validation_data=make_dataset(  # JAX data_parallel: the validation loss leaves out < replicas rows
+            data.images,
+            data.labels,
+            data.rows["val"],
+            batch_size=t.batch_size * replicas,
+            multiple_of=backend.batch_multiple(replicas),
+        ),
         epochs=t.epochs,
         shuffle=False,  # the dataset shuffles rows each epoch; Keras would only reorder whole batches
         callbacks=callbacks,

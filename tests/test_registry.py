@@ -237,63 +237,24 @@ def test_predict_prints_findings_writes_a_table_and_heatmaps_and_names_the_bad_f
 def test_the_served_champion_answers_like_cxr_predict(registry, ensemble, shared_data, tmp_path):
     import base64
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     from cxr.predict import predict_files
+
+    from .services import mlflow_process
 
     cfg, client = registry
     _, version = ensemble
     client.set_registered_model_alias(NAME, "serving", version)
     folder = sample_folder(shared_data, tmp_path / "images")
     paths = [folder / "a_1024.png", folder / "b_128.png"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bin_dir, path = Path(sys.executable).parent, os.environ.get("PATH", "")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@serving",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        # the server execs uvicorn by name: find it beside this interpreter, activated or not
-        env={**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri, "PATH": f"{bin_dir}{os.pathsep}{path}"},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = ["models", "serve", "-m", f"models:/{NAME}@serving", "--env-manager", "local"]
+    server, url = mlflow_process(serve, "/ping", tmp_path, {"MLFLOW_TRACKING_URI": cfg.tracking.uri})
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "the model server did not answer /ping within 180 s"
-            time.sleep(1)
         rows = [[base64.b64encode(p.read_bytes()).decode()] for p in paths]
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+            f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=120) as reply:
             answer = json.loads(reply.read())["predictions"]

@@ -277,30 +277,38 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_two_processes_on_one_sqlite_study_run_distinct_trials(tmp_path, data_root):
-    # the dataset and cache exist before two processes would both create them
+def prepare(data, tmp) -> None:
+    """The dataset and cache `sweep_args` name, made before several processes would all make them."""
     prepared = run_cli(
         "cxr.prepare",
         *TINY[:4],
-        f"dataset.root={data_root}/synthetic",
-        f"dataset.cache_dir={data_root}/prepared",
-        f"hydra.run.dir={tmp_path}/prepare",
+        f"dataset.root={data}/synthetic",
+        f"dataset.cache_dir={data}/prepared",
+        f"hydra.run.dir={tmp}/prepare",
     )
     assert prepared.returncode == 0, prepared.stderr[-2000:]
-    args = sweep_args(
-        tmp_path, data_root, "shared", "+sweep=core", "model=small_cnn", "hydra.sweeper.n_trials=2"
-    )
-    workers = [
+
+
+def start_workers(n: int, args: list[str], tmp) -> list[subprocess.Popen]:
+    """`n` copies of one sweep command (as on `n` machines), each with a sweep folder of its own."""
+    return [
         subprocess.Popen(
-            [sys.executable, "-m", "cxr.train", *args, f"hydra.sweep.dir={tmp_path}/multirun{i}"],
+            [sys.executable, "-m", "cxr.train", *args, f"hydra.sweep.dir={tmp}/multirun{i}"],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(2)
+        for i in range(n)
     ]
-    for worker in workers:
+
+
+def test_two_processes_on_one_sqlite_study_run_distinct_trials(tmp_path, data_root):
+    prepare(data_root, tmp_path)
+    args = sweep_args(
+        tmp_path, data_root, "shared", "+sweep=core", "model=small_cnn", "hydra.sweeper.n_trials=2"
+    )
+    for worker in start_workers(2, args, tmp_path):
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
     trials = load(tmp_path, "shared").trials

@@ -30,6 +30,9 @@ class CacheBatches(keras.utils.PyDataset):
     Pass it to `model.fit(..., shuffle=False)` (Keras would only reorder whole batches), `predict` or
     `evaluate`. Augmentation is the model's (cxr.models.build_model's `augment`). Other keywords
     (`workers`, `use_multiprocessing`, `max_queue_size`) go to keras.utils.PyDataset.
+
+    `multiple_of` > 1 (JAX data-parallel: every batch splits evenly between devices) leaves out the
+    last `len(rows) % multiple_of` rows of each epoch's order; `batch_size` must be a multiple of it.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class CacheBatches(keras.utils.PyDataset):
         batch_size: int,
         training: bool = False,
         seed: int = 0,
+        multiple_of: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -49,7 +53,10 @@ class CacheBatches(keras.utils.PyDataset):
         self.images = images
         self.labels = np.asarray(labels, dtype=np.float32)
         self.rows = np.asarray(rows, dtype=np.int64)
+        if batch_size % multiple_of:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of {multiple_of}")
         self.batch_size = int(batch_size)
+        self.n_rows = len(self.rows) - len(self.rows) % multiple_of
         self.training = training
         self.seed = int(seed)
         self.epoch = 0
@@ -69,13 +76,13 @@ class CacheBatches(keras.utils.PyDataset):
         return np.random.default_rng((self.seed, epoch)).permutation(self.rows)
 
     def __len__(self) -> int:
-        return -(-len(self.rows) // self.batch_size)
+        return -(-self.n_rows // self.batch_size)
 
     def batch_rows(self, index: int) -> np.ndarray:
         """The cache rows of batch `index` of the current epoch, in the order they are shipped."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of a dataset with {len(self)} batches")
-        idx = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = self._order[index * self.batch_size : min((index + 1) * self.batch_size, self.n_rows)]
         return np.sort(idx) if self.training else idx
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -113,11 +113,17 @@ def build_pruner(settings: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     raise CxrError(f"hydra.sweeper.pruner.name={name!r}: choose median, hyperband or none")
 
 
-def build_sampler(settings: Mapping[str, Any], searched: dict) -> optuna.samplers.BaseSampler:
-    """tpe, random or grid, from the sweeper's `sampler` settings; grid needs a finite search space."""
+def build_sampler(
+    settings: Mapping[str, Any], searched: dict, joined: bool = False
+) -> optuna.samplers.BaseSampler:
+    """tpe, random or grid, from the sweeper's `sampler` settings; grid needs a finite search space.
+
+    `joined`: for a worker joining a study that exists (another worker's, or a resumed sweep), seeded
+    afresh: with the study's seed it would propose the very parameters the first worker did."""
     import optuna
 
     name = settings["name"]
+    settings = {**settings, "seed": None if joined else settings["seed"]}
     if name == "tpe":
         return optuna.samplers.TPESampler(
             seed=settings["seed"], n_startup_trials=settings["n_startup_trials"]
@@ -158,6 +164,7 @@ def create_or_join(
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
+        sampler = build_sampler(settings.sampler, searched, joined=True)
         study = optuna.load_study(
             study_name=settings.study_name, storage=storage, sampler=sampler, pruner=pruner
         )
