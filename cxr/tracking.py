@@ -65,6 +65,14 @@ def _check_local_store(cfg, db: Path) -> None:
         _check_writable(Path(root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
 
 
+def check_store(cfg) -> None:
+    """A local store that cannot be written is an error naming its folder, before a command spends time
+    on data or models (a server or another URI is checked when it is first used)."""
+    db = sqlite_file(cfg.uri)
+    if db is not None:
+        _check_local_store(cfg, db)
+
+
 def _experiment_id(cfg) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(cfg.experiment_name)

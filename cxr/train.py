@@ -189,11 +189,13 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
     In a grid multirun the run is a child of the grid's parent run (`parent_run_id`).
     """
+    from cxr import tracking
     from cxr.data.prepared import load_prepared
     from cxr.data.splits import write_split_csv
     from cxr.sweep.reporter import open_reporter
 
     check_training(cfg)  # every value, before any data is read or model built
+    tracking.check_store(cfg.tracking)  # a read-only store fails now, not after the data is prepared
     check_optimized_metric(cfg.optimized_metric)
     started = time.perf_counter()
     reporter = open_reporter(cfg.optuna)
@@ -204,7 +206,6 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
 
     import mlflow
 
-    from cxr import tracking
     from cxr.dataset_inputs import log_dataset_inputs
     from cxr.predict import predict_splits
     from cxr.reporting import evaluate_predictions, log_evaluation
