@@ -11,10 +11,12 @@ import subprocess
 import sys
 
 import keras
+import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cxr import metric_names
+from cxr import metric_names, pyfunc
 from cxr.backend import is_chief
 from cxr.errors import CxrError
 
@@ -50,11 +52,12 @@ def test_a_tf_config_that_is_not_a_cluster_spec_is_a_one_line_error_showing_the_
             is_chief("data_parallel", {"TF_CONFIG": bad})
 
 
-def _loss_curve(client: MlflowClient, experiment: str) -> list[float]:
+def _loss_curve(client: MlflowClient, experiment: str) -> tuple[str, list[float]]:
+    """The experiment's one run, finished: its id and training loss per epoch."""
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, metric_names.from_keras("loss"))
-    return [m.value for m in sorted(history, key=lambda m: m.step)]
+    return run.info.run_id, [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
 @pytest.mark.slow
@@ -99,8 +102,13 @@ def test_two_worker_processes_train_one_process_curve_and_only_the_chief_logs_a_
     assert summary.search(outputs[0])
     assert "a non-chief worker (TF_CONFIG): training only" in outputs[1] and not summary.search(outputs[1])
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
     assert len(client.search_experiments()) == 3  # Default, one, two: the worker made nothing of its own
-    single, chief = _loss_curve(client, "one"), _loss_curve(client, "two")  # one run each
+    (_, single), (chief_run, chief) = _loss_curve(client, "one"), _loss_curve(client, "two")  # one run each
     assert len(single) == len(chief) == 2
-    assert chief == pytest.approx(single, rel=2e-3), (single, chief)
+    assert chief == pytest.approx(single, rel=2e-3), (single, chief)  # 6e-4 here
+
+    mlflow.set_tracking_uri(uri)  # the chief logged the trained model, which predicts without a cluster
+    (member,) = pyfunc.load(f"runs:/{chief_run}/model").members
+    assert member.predict(np.zeros((3, 32, 32, 1), np.uint8), verbose=0).shape[0] == 3
