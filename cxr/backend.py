@@ -6,8 +6,9 @@ and metrics use `keras.ops` only. The few places that must know the backend are 
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from cxr.errors import CxrError
@@ -74,9 +75,7 @@ def distribution(kind: str) -> Iterator[int]:
         import tensorflow as tf
 
         multi_worker = "TF_CONFIG" in os.environ
-        strategy = (
-            tf.distribute.MultiWorkerMirroredStrategy() if multi_worker else tf.distribute.MirroredStrategy()
-        )
+        strategy = _multi_worker_strategy() if multi_worker else tf.distribute.MirroredStrategy()
         with strategy.scope():
             yield strategy.num_replicas_in_sync
     elif backend == "jax":
@@ -92,6 +91,79 @@ def distribution(kind: str) -> Iterator[int]:
             f"trainer.distribution={kind} is not supported on the {backend} backend; "
             "use KERAS_BACKEND=tensorflow or jax, or trainer.distribution=none"
         )
+
+
+def is_chief(kind: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process owns the training's MLflow run, evaluation and model: in a TensorFlow
+    multi-worker training (trainer.distribution=data_parallel with `TF_CONFIG` set) the task it names
+    `chief`, else worker 0 (TensorFlow's own convention); any other process is its own chief.
+
+    The other workers only train: their model is the chief's (the strategy keeps the replicas in sync).
+    """
+    import keras
+
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG")
+    if kind == "none" or not raw or keras.backend.backend() != "tensorflow":
+        return True
+    try:
+        config = json.loads(raw)
+        cluster, task = config.get("cluster", {}), config["task"]
+        role, index = task["type"], int(task.get("index", 0))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise CxrError(
+            f"TF_CONFIG={raw!r} is not a TensorFlow cluster spec; set it to JSON such as "
+            '{"cluster": {"worker": ["a:23456", "b:23456"]}, "task": {"type": "worker", "index": 0}} '
+            "or unset it"
+        ) from None
+    return role == "chief" or (role == "worker" and index == 0 and "chief" not in cluster)
+
+
+def local_model(model):
+    """The model a multi-worker training's chief predicts with and logs: a copy outside the strategy.
+
+    Predicting under `MultiWorkerMirroredStrategy` would shard the rows between the workers, which stop
+    after fit; any other model is returned as it is.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model
+    import tensorflow as tf
+
+    if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _multi_worker_strategy():
+    """`tf.distribute.MultiWorkerMirroredStrategy` whose `reduce` also takes a nest of values.
+
+    Keras 3's TensorFlow trainer asks it for what it cannot do (keras-team/keras#20585): to build the model
+    symbolically `fit` reduces its first (images, labels) batch, a nest, with uint8 images, which the
+    collective ops lack (reduced in float32 and cast back); each step's scalar metrics are reduced along
+    axis 0, which a scalar lacks (reduced across replicas only).
+    """
+    import tensorflow as tf
+
+    reducible = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
+
+    class NestedReduce(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis):
+            one = super().reduce
+
+            def each(v):
+                local = self.experimental_local_results(v)[0]
+                along = None if local.shape.rank == 0 else axis
+                if local.dtype in reducible:
+                    return one(reduce_op, v, along)
+                wide = self.run(lambda t: tf.cast(t, tf.float32), args=(v,))
+                return tf.cast(one(reduce_op, wide, along), local.dtype)
+
+            return tf.nest.map_structure(each, value)
+
+    return NestedReduce()
 
 
 def batch_multiple(replicas: int) -> int:

@@ -84,7 +84,8 @@ def fit(cfg: DictConfig, data, reporter=None):
     from cxr import backend
 
     with backend.distribution(cfg.trainer.distribution) as replicas:
-        return _fit(cfg, data, reporter, replicas)
+        model, history = _fit(cfg, data, reporter, replicas)
+    return backend.local_model(model), history
 
 
 def _fit(cfg: DictConfig, data, reporter, replicas: int):
@@ -117,7 +118,9 @@ def _fit(cfg: DictConfig, data, reporter, replicas: int):
         *build_callbacks(cfg.callbacks, Path(cfg.output_dir)),
         *loss_callbacks(loss),
         keras.callbacks.TerminateOnNaN(),
-        tracking.epoch_logger(),
+        *(
+            [tracking.epoch_logger()] if backend.is_chief(t.distribution) else []
+        ),  # a worker has no run to log to
         *([reporter.callback()] if reporter is not None else []),
     ]
     print(f"cxr: {monitored(cfg.callbacks, reporter.monitor if reporter is not None else None)}", flush=True)
@@ -189,7 +192,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
     In a grid multirun the run is a child of the grid's parent run (`parent_run_id`).
     """
-    from cxr import tracking
+    from cxr import backend, tracking
     from cxr.data.prepared import load_prepared
     from cxr.data.splits import write_split_csv
     from cxr.sweep.reporter import open_reporter
@@ -203,6 +206,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
     output_dir.mkdir(parents=True, exist_ok=True)
     data = load_prepared(cfg.dataset)
     load_seconds = time.perf_counter() - started
+    if not backend.is_chief(cfg.trainer.distribution):
+        return _train_as_worker(cfg, data)
 
     import mlflow
 
@@ -242,6 +247,15 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, parent_run_id: st
         )
     _print_summary(cfg, run_id, evaluation.metrics)
     return objective
+
+
+def _train_as_worker(cfg: DictConfig, data) -> float:
+    """A non-chief worker of a multi-worker training (TF_CONFIG): it trains its share of every batch and
+    logs nothing, so the store holds one run, the chief's; returns NaN (it has no evaluation)."""
+    log.info("cxr: a non-chief worker (TF_CONFIG): training only; the chief logs the MLflow run and model")
+    fit(cfg, data)
+    log.info("cxr: worker done; the run, its metrics and the model are the chief's (TF_CONFIG task 0)")
+    return float("nan")
 
 
 def _print_summary(cfg: DictConfig, run_id: str, metrics: dict[str, float]) -> None:

@@ -21,6 +21,14 @@ from .test_backends import trainer
 
 pytestmark = pytest.mark.backend
 
+# No dropout, augmentation or learning-rate schedule: the replicas' random draws would differ.
+SAME_CURVE = [
+    "model.dropout=0.0",
+    "callbacks.reduce_lr.enabled=false",
+    "evaluation.bootstrap.resamples=0",
+    "evaluation.plots=false",
+]
+
 # Two runs in one process that sees 2 devices: one replica at batch 32, then 2 replicas at 16 each.
 TWO_RUNS = """
 import json, os, sys
@@ -84,13 +92,7 @@ def test_data_parallel_on_two_devices_matches_one_device_and_logs_a_model_that_l
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
     if keras.backend.backend() == "jax":
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
-    # no dropout, augmentation or learning-rate schedule: the replicas' random draws would differ
-    base = [*TINY, *store_overrides(tmp_path), "model.dropout=0.0", "trainer.epochs=3"]
-    base += [
-        "callbacks.reduce_lr.enabled=false",
-        "evaluation.bootstrap.resamples=0",
-        "evaluation.plots=false",
-    ]
+    base = [*TINY, *store_overrides(tmp_path), *SAME_CURVE, "trainer.epochs=3"]
     done = subprocess.run(
         [sys.executable, "-c", TWO_RUNS.format(), json.dumps(base)],
         cwd=REPO,
