@@ -93,6 +93,8 @@ def configure(cfg) -> str:
     creating one store together (a joblib multirun on a fresh clone) otherwise race in the migrations."""
     db = sqlite_file(cfg.uri)
     mlflow.set_tracking_uri(cfg.uri)
+    if mask(cfg.uri) != cfg.uri:  # MLflow prints "View run at <uri>" itself, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     if db is None:
         experiment_id = _experiment_id(cfg)
     else:

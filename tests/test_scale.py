@@ -55,9 +55,10 @@ def tracking_server(postgres, tmp_path_factory):  # noqa: F811
     from .services import mlflow_server
 
     folder = tmp_path_factory.mktemp("server")
-    server, url = mlflow_server(new_database(postgres, "mlflow"), folder / "artifacts", folder)
+    database = new_database(postgres, "mlflow")
+    server, url = mlflow_server(database, folder / "artifacts", folder)
     try:
-        yield url, folder / "artifacts"
+        yield url, folder / "artifacts", database
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
@@ -69,15 +70,18 @@ def test_training_registration_ensemble_and_prediction_go_through_a_tracking_ser
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    url, artifacts = tracking_server
+    url, artifacts, database = tracking_server
     data = [f"dataset.root={data_root}/synthetic", f"dataset.cache_dir={data_root}/prepared"]
-    store = [f"tracking.uri={url}", "tracking.registered_model_name=team"]
+    # credentials in the URL (a proxy's basic auth): the server ignores them, cxr must never record them
+    secret_url = url.replace("http://", f"http://team:{SECRET}@")
+    store = [f"tracking.uri={secret_url}", "tracking.registered_model_name=team"]
     cheap = ["evaluation.bootstrap.resamples=0", "evaluation.plots=false"]
     for seed in (1, 2):
         trained = run_cli(
             "cxr.train", *TINY, *data, *store, *cheap, f"seed={seed}", f"hydra.run.dir={tmp_path}/t{seed}"
         )
         assert trained.returncode == 0, trained.stderr[-3000:]
+        assert SECRET not in trained.stdout + trained.stderr and "team:***@" in trained.stdout
     ensembled = run_cli(
         "cxr.ensemble", "model_name=team", "top_k=2", *store[:1], *cheap, f"hydra.run.dir={tmp_path}/ensemble"
     )
@@ -105,6 +109,21 @@ def test_training_registration_ensemble_and_prediction_go_through_a_tracking_ser
     run = client.get_run(versions["1"].run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
     assert not any(tmp_path.rglob("MLmodel"))
+    assert SECRET not in ensembled.stdout + ensembled.stderr + predicted.stdout + predicted.stderr
+    assert not [f for f in artifacts.rglob("*") if f.is_file() and SECRET.encode() in f.read_bytes()]
+    assert SECRET not in database_text(database) and "team:***@" in database_text(database)
+
+
+SECRET = "s3cretXYZ"
+
+
+def database_text(url: str) -> str:
+    """Every row of every table of the server's backend store, as text."""
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        return "\n".join(str(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"'))
 
 
 def test_a_sweep_through_the_submitit_launcher_completes_its_trials(data_root, tmp_path):
