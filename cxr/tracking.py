@@ -150,6 +150,7 @@ def run_tags(overrides: list[str]) -> dict[str, str]:
 ERROR_TAG = "cxr.error"
 # Who owns a RUNNING run, and when it was last seen (Unix seconds): what finds the runs whose process died.
 HOST_TAG, PID_TAG, SEEN_TAG = "cxr.host", "cxr.pid", "cxr.last_seen"
+TRIAL_TAG = "optuna.trial_number"  # on a sweep trial's run
 KILLED_TAG = "cxr.killed_reason"  # why a run ended KILLED: Ctrl-C, or its process found dead
 
 
@@ -205,6 +206,8 @@ def end_killed(client, run_id: str, reason: str) -> None:
 def reap_orphans(client, experiment_ids: list[str], grace_s: float, where: str = "") -> list[str]:
     """Mark KILLED every RUNNING run of the experiments (matching the MLflow filter `where`) whose owner is
     gone (`orphan_reason`); returns their ids. Called at every cxr.train start and by a resumed sweep."""
+    from cxr.sweep.reporter import STATE_TAG
+
     query = " and ".join(filter(None, ["attributes.status = 'RUNNING'", where]))
     reaped, token = [], None
     while True:
@@ -212,6 +215,8 @@ def reap_orphans(client, experiment_ids: list[str], grace_s: float, where: str =
         for run in page:
             reason = orphan_reason(run.data.tags, grace_s)
             if reason:
+                if TRIAL_TAG in run.data.tags:  # a sweep trial's run: its Optuna trial fails the same way
+                    client.set_tag(run.info.run_id, STATE_TAG, "FAIL")
                 end_killed(client, run.info.run_id, f"orphaned: {reason}")
                 reaped.append(run.info.run_id)
         token = page.token
@@ -265,7 +270,7 @@ def tracked_run(
             "tags": {
                 **options["tags"],
                 "optuna.study_name": reporter.study_name,
-                "optuna.trial_number": str(reporter.number),
+                TRIAL_TAG: str(reporter.number),
             },
         }
     run = mlflow.start_run(**options)
