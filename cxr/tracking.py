@@ -199,7 +199,7 @@ def orphan_reason(tags: Mapping[str, str], grace_s: float, now: float | None = N
 
 def end_killed(client, run_id: str, reason: str) -> None:
     """End a run KILLED with the reason as the tag `cxr.killed_reason`."""
-    client.set_tag(run_id, KILLED_TAG, reason[:5000])
+    client.set_tag(run_id, KILLED_TAG, shorten(reason, 5000))
     client.set_terminated(run_id, "KILLED")
 
 

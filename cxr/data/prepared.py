@@ -73,8 +73,9 @@ def load_prepared(
     cache = prepare_images(table["path"].tolist(), cfg.image_size, cfg.cache_dir)
     if warn and cache.failures:
         print(f"cxr: warning: {cache.failure_report(limit=10)}\nThey are left out.", file=sys.stderr)
-    if warn and cache.upscale_warning():
-        print(f"cxr: warning: {cache.upscale_warning()}", file=sys.stderr)
+    upscaled = cache.upscale_warning() if warn else None
+    if upscaled:
+        print(f"cxr: warning: {upscaled}", file=sys.stderr)
     return PreparedData(
         table=table,
         pathologies=data.pathologies,
