@@ -20,6 +20,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from cxr import metric_names as mn
+
 REPO = Path(__file__).resolve().parents[1]
 TASK = [
     "dataset.image_size=32",
@@ -103,14 +105,16 @@ def killed_sweep_workers(work: Path, workers: int, grace: int) -> dict:
 def killed_training_runs(work: Path, runs: int) -> dict:
     """`runs` cxr.train processes SIGKILLed mid-fit; then one `cxr.train` ends their runs KILLED."""
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")
-    command = [sys.executable, "-m", "cxr.train", *TASK, *stores(work), "trainer.epochs=1000"]
+    command = [sys.executable, "-m", "cxr.train", *TASK, *stores(work), "trainer.epochs=1000",
+               "callbacks.early_stopping.enabled=false"]  # fmt: skip
     procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(runs)]  # fmt: skip
     pids = {str(p.pid) for p in procs}
 
     def mid_fit():
         """each training run mid-fit"""
-        found = client.search_runs(["1"], "attributes.status = 'RUNNING' and metrics.time_epoch_s > 0")
+        epoch = f"metrics.`{mn.timing('epoch')}` > 0"
+        found = client.search_runs(["1"], f"attributes.status = 'RUNNING' and {epoch}")
         return {r.data.tags.get("cxr.pid") for r in found} >= pids
 
     wait_for(mid_fit)

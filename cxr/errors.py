@@ -77,6 +77,9 @@ def run_command(main: Callable[[], object]) -> NoReturn:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from cxr import interrupt
+
+    interrupt.install()
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing them
     try:

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cxr import interrupt
 from cxr import metric_names as mn
 from cxr.config import CONF_DIR, check_training, register_configs
 from cxr.console import announce, fit_verbosity, log
@@ -115,6 +116,7 @@ def _fit(cfg: DictConfig, data, reporter, replicas: int):
         **backend.compile_options(t),  # mixed_float16: Keras wraps the optimizer in a LossScaleOptimizer
     )
     callbacks = [
+        interrupt.callback(),
         *build_callbacks(cfg.callbacks, Path(cfg.output_dir)),
         *loss_callbacks(loss),
         keras.callbacks.TerminateOnNaN(),

@@ -66,6 +66,11 @@ def train_process(tmp: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+# A run that outlasts any signal the test sends: without early stopping, the tiny model on JAX stopped after
+# a dozen epochs of two seconds, and a SIGINT sent as the run ended was lost in interpreter shutdown (exit 0).
+LONG_FIT = ("trainer.epochs=500", "callbacks.early_stopping.enabled=false")
+
+
 def running_run(tmp: Path):
     """The RUNNING run of the store once it has logged an epoch (mid-fit)."""
     (run,) = client(tmp).search_runs(["1"], "attributes.status = 'RUNNING'")
@@ -122,7 +127,7 @@ def test_a_sigkilled_sweep_worker_s_grid_point_becomes_fail_and_is_run_again_by_
 # ---------------------------------------------------------------- 2. orphaned runs, 3. Ctrl-C
 @pytest.mark.slow
 def test_a_sigkilled_training_run_is_ended_killed_by_the_next_cxr_train(tmp_path):
-    victim = train_process(tmp_path, "trainer.epochs=500")
+    victim = train_process(tmp_path, *LONG_FIT)
     try:
         run = wait_for(lambda: running_run(tmp_path))
     finally:
@@ -141,7 +146,7 @@ def test_a_sigkilled_training_run_is_ended_killed_by_the_next_cxr_train(tmp_path
 @pytest.mark.slow
 @pytest.mark.backend  # SIGINT lands in the backend's fit loop
 def test_ctrl_c_mid_fit_ends_the_run_killed_with_one_line_and_exit_130(tmp_path):
-    job = train_process(tmp_path, "trainer.epochs=500")
+    job = train_process(tmp_path, *LONG_FIT)
     try:
         run = wait_for(lambda: running_run(tmp_path))
         job.send_signal(signal.SIGINT)
@@ -152,6 +157,44 @@ def test_ctrl_c_mid_fit_ends_the_run_killed_with_one_line_and_exit_130(tmp_path)
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "cxr: interrupted (Ctrl-C)"
     ended = client(tmp_path).get_run(run.info.run_id)
     assert ended.info.status == "KILLED" and "KeyboardInterrupt" in ended.data.tags["cxr.killed_reason"]
+
+
+def test_a_ctrl_c_swallowed_mid_batch_is_raised_again_at_the_next_batch():
+    """As jaxlib's array-to-NumPy conversion swallows it inside Keras' JAX fit loop: here a handler that
+    catches the KeyboardInterrupt stands in for the C extension, around a real SIGINT."""
+    import keras
+    import numpy as np
+
+    from cxr import interrupt
+
+    class SwallowsCtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)  # the handler runs here and raises
+                except KeyboardInterrupt:
+                    pass  # swallowed
+
+    class Counts(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Counts.batches += 1
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((64, 2), "float32")
+    before = signal.getsignal(signal.SIGINT)
+    interrupt.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, x[:, :1], batch_size=4, epochs=3, verbose=0,
+                      callbacks=[SwallowsCtrlC(), Counts(), interrupt.callback()])  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert Counts.batches == 2  # stopped after the batch the interrupt was swallowed in, of 48
+    interrupt.raise_pending()  # raised once, not again
 
 
 def test_runs_of_other_hosts_are_ended_killed_only_once_silent_past_the_grace_period(tmp_path):

@@ -39,13 +39,14 @@ def predict_splits(
     model, data: PreparedData, splits: Iterable[str], batch_size: int
 ) -> dict[str, Predictions]:
     """Score the given splits of `data` in a fixed order, without augmentation."""
+    from cxr import interrupt
     from cxr.data.pipeline import make_dataset
 
     out = {}
     for split in dict.fromkeys(splits):
         rows = data.rows[split]
         batches = make_dataset(data.images, data.labels, rows, batch_size=batch_size)
-        scores = model.predict(batches, verbose=0)
+        scores = model.predict(batches, verbose=0, callbacks=[interrupt.callback()])
         out[split] = Predictions(data.labels[rows], scores, data.patients[rows])
     return out
 
