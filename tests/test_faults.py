@@ -357,7 +357,7 @@ def test_a_trial_beats_from_the_process_that_runs_it_and_once_that_dies_is_faile
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     settings = OmegaConf.structured(
-        CxrOptunaSweeperConf(study_name="beat", heartbeat_interval=1, grace_period=2)
+        CxrOptunaSweeperConf(study_name="beat", heartbeat_interval=1, grace_period=4)  # slack for a busy CI
     )
     searched = {"x": FloatDistribution(0.0, 1.0)}
     study, _ = create_or_join(settings, url, searched)
@@ -367,13 +367,13 @@ def test_a_trial_beats_from_the_process_that_runs_it_and_once_that_dies_is_faile
     )
     try:
         assert job.stdout.readline().strip() == "beating"
-        time.sleep(3)  # past the grace period, but the job beats
+        time.sleep(5)  # past the grace period, but the job beats
         optuna.storages.fail_stale_trials(study)
         assert study.trials[0].state == TrialState.RUNNING
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
-    time.sleep(3)
+    time.sleep(5)
     optuna.storages.fail_stale_trials(study)
     first, again = study.trials
     assert first.state == TrialState.FAIL
