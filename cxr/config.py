@@ -319,7 +319,7 @@ class EvaluateConfig:
 
     run_id: str | None = None  # a training run whose logged model to evaluate...
     model_uri: str | None = (
-        None  # ...or a model URI: runs:/<id>/model, models:/<name>/<version>, models:/<name>@<alias>
+        None  # ...or a model URI: runs:/<id>, models:/<name>/<version>, models:/<name>@<alias>
     )
     split: str = "test"  # train, val or test; thresholds always come from val
     dataset_root: str | None = None  # where the run's dataset is now, if it moved
@@ -362,7 +362,7 @@ class PromoteConfig:
 class PredictConfig:
     """`python -m cxr.predict model=models:/NAME@champion images=PATH`: probabilities and findings."""
 
-    # runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>; on the command line also
+    # runs:/<id>, models:/<name>/<version> or models:/<name>@<alias>; on the command line also
     # `model=...` (Hydra reserves the key `model` for the model config group, so the command renames it)
     model_uri: str = MISSING
     images: Any = MISSING  # a file or folder, or a list of them: images=[a.png,b.png] (PNG and JPEG)

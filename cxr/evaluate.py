@@ -23,16 +23,17 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
     """(run id, model URI) from either one; registry URIs are followed to the run that logged them."""
     from mlflow.exceptions import MlflowException
 
+    from cxr import pyfunc
+
     if bool(run_id) == bool(model_uri):
         raise CxrError("give exactly one of run_id=<training run id> or model_uri=<MLflow model URI>")
     try:
         if run_id:
-            client.get_run(run_id)
-            return run_id, f"runs:/{run_id}/model"
+            return run_id, pyfunc.run_model_uri(run_id, client)
         if model_uri.startswith("runs:/"):
             run_id = model_uri[len("runs:/") :].split("/")[0]
             client.get_run(run_id)
-            return run_id, model_uri
+            return run_id, pyfunc.expand_uri(model_uri, client)
         if model_uri.startswith("models:/"):
             ref = model_uri[len("models:/") :]
             if "@" in ref:
@@ -45,7 +46,7 @@ def resolve_model(client, run_id: str | None, model_uri: str | None) -> tuple[st
     except MlflowException as err:
         raise CxrError(f"cannot find {run_id or model_uri!r} in the MLflow store: {err.message}") from None
     raise CxrError(
-        f"model_uri={model_uri!r}: use runs:/<id>/model, models:/<name>/<version> or models:/<name>@<alias>"
+        f"model_uri={model_uri!r}: use runs:/<id>, models:/<name>/<version> or models:/<name>@<alias>"
     )
 
 

@@ -48,3 +48,9 @@ def describe(cfg: DictConfig, overrides: list[str]) -> str:
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """A single training run's name: what it is, and a suffix that makes it unique."""
     return unique(describe(cfg, overrides))
+
+
+def model_name(run_name: str) -> str:
+    """The name a run's logged model gets: the run's own name, in the characters MLflow allows there
+    (no `.`, `/`, `:`, `%` or quotes), so the UI's model lists and `runs:/<id>/<name>` say what it is."""
+    return re.sub(r"[^\w=+-]+", "_", run_name)

@@ -19,6 +19,7 @@ import base64
 import binascii
 import importlib
 import json
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -142,11 +143,14 @@ def load_keras(path: str):
         ) from None
 
 
-def log_model(
-    members: Sequence, spec: ModelSpec, registered_model_name: str | None = None, name: str = "model"
-):
-    """Log the members and their spec as one pyfunc model in the active run (and register it)."""
+def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | None = None):
+    """Log the members and their spec as one pyfunc model in the active run (and register it), named
+    after the run (`cxr.naming.model_name`)."""
     import keras
+
+    from cxr.naming import model_name
+
+    name = model_name(mlflow.active_run().info.run_name)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -182,9 +186,33 @@ def _requirements(keras) -> list[str]:
     return pins
 
 
+def run_model_uri(run_id: str, client=None) -> str:
+    """`runs:/<id>/<name>` of the model that run `run_id` logged (cxr logs at most one per run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    run = client.get_run(run_id)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if not outputs:
+        raise CxrError(
+            f"run {run_id} ({run.info.run_name}) logged no model: it ran with tracking.log_model=false, "
+            "or was a sweep trial outside the study's best (its tag cxr.model_skipped says so)"
+        )
+    return f"runs:/{run_id}/{client.get_logged_model(outputs[-1].model_id).name}"
+
+
+def expand_uri(model_uri: str, client=None) -> str:
+    """`runs:/<id>` (the run's own model, whatever its name) as a full `runs:/<id>/<name>`; other URIs
+    as they are."""
+    short = re.fullmatch(r"runs:/([^/]+)/?", model_uri)
+    return run_model_uri(short.group(1), client) if short else model_uri
+
+
 def load(model_uri: str) -> CxrModel:
-    """The CxrModel behind an MLflow model URI (runs:/, models:/name/version, models:/name@alias)."""
+    """The CxrModel behind an MLflow model URI (runs:/<id>, runs:/<id>/<name>, models:/name/version,
+    models:/name@alias)."""
     try:
+        model_uri = expand_uri(model_uri)
         loaded = mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as err:
         raise CxrError(f"cannot load {model_uri}: {err.message}") from None

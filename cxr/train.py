@@ -172,6 +172,10 @@ def log_model(cfg: DictConfig, model, data, evaluation, run_id: str, reporter=No
     )
     name = cfg.tracking.registered_model_name
     info = pyfunc.log_model([model], spec, registered_model_name=name)
+    log.info(
+        f"model: runs:/{run_id}/{info.name}"
+        + (f", models:/{name}/{info.registered_model_version}" if name else "")
+    )
     if name:
         tags = model_registry.version_tags(
             evaluation.metrics,

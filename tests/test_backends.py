@@ -195,7 +195,7 @@ def test_a_mixed_precision_run_logs_a_model_that_loads_in_a_fresh_process(compos
         "import mlflow, numpy as np\n"
         "from cxr import pyfunc\n"
         f"mlflow.set_tracking_uri({cfg.tracking.uri!r})\n"
-        f"model = pyfunc.load('runs:/{run.info.run_id}/model')\n"
+        f"model = pyfunc.load('runs:/{run.info.run_id}')\n"
         "(member,) = model.members\n"
         "assert member.get_layer('conv0').dtype_policy.name == 'mixed_bfloat16'\n"  # layers keep their policy
         "scores = model.probabilities([np.full((40, 40), 100, np.uint8)])\n"

@@ -61,7 +61,7 @@ LOAD = """
 import keras, numpy as np, mlflow
 from cxr import pyfunc
 mlflow.set_tracking_uri({uri!r})
-model = pyfunc.load("runs:/{run_id}/model")
+model = pyfunc.load("runs:/{run_id}")
 assert len(keras.distribution.list_devices()) == 1
 (member,) = model.members
 out = member.predict(np.zeros((3, 32, 32, 1), np.uint8), verbose=0)

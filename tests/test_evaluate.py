@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr import metric_names as mn
+from cxr.naming import model_name
 from cxr.train import train
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
 
@@ -43,7 +44,8 @@ def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
     assert history[1].value == pytest.approx(history[0].value, abs=1e-6)  # same model, same split, same data
     after = client.get_run(run.info.run_id)
     assert after.info.status == "FINISHED"
-    assert after.data.tags["cxr.reevaluated_with"] == f"runs:/{run.info.run_id}/model"
+    logged_model = f"runs:/{run.info.run_id}/{model_name(run.info.run_name)}"
+    assert after.data.tags["cxr.reevaluated_with"] == logged_model
 
 
 def test_evaluate_a_registered_alias_on_the_validation_split(trained):
@@ -65,7 +67,7 @@ def test_evaluate_a_registered_alias_on_the_validation_split(trained):
         ([], "give exactly one of run_id="),
         (["run_id=0123456789abcdef"], "cannot find '0123456789abcdef'"),
         (["model_uri=models:/no-such-model@champion"], "cannot find 'models:/no-such-model@champion'"),
-        (["model_uri=s3://bucket/model"], "use runs:/<id>/model"),
+        (["model_uri=s3://bucket/model"], "use runs:/<id>,"),
         (["run_id=x", "split=holdout"], "split='holdout'"),
     ],
 )

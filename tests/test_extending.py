@@ -180,7 +180,7 @@ def test_a_model_and_a_loss_from_the_users_code_train_log_and_load(user_dir, tmp
     from cxr import pyfunc
 
     mlflow.set_tracking_uri(uri)
-    logged = pyfunc.load(f"runs:/{run.info.run_id}/model")
+    logged = pyfunc.load(f"runs:/{run.info.run_id}")
     assert logged.members[0].get_layer("my_conv").filters == 4
     assert logged.spec.imports == [TARGET.rsplit(".", 1)[0]]  # the user's module, imported where it loads
     checkpoint = sorted((tmp_path / "output" / "checkpoints").glob("*.keras"))[-1]

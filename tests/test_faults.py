@@ -324,7 +324,7 @@ def test_a_model_with_a_lambda_layer_is_refused_in_one_line_saying_why_and_what_
     Image.new("L", (32, 32)).save(tmp_path / "x.png")
     out = run_cli(
         "cxr.predict",
-        f"model=runs:/{run.info.run_id}/model",
+        f"model=runs:/{run.info.run_id}",
         f"images={tmp_path}/x.png",
         f"output_dir={tmp_path}/out",
         f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",

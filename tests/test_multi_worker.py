@@ -110,5 +110,5 @@ def test_two_worker_processes_train_one_process_curve_and_only_the_chief_logs_a_
     assert chief == pytest.approx(single, rel=2e-3), (single, chief)  # 6e-4 here
 
     mlflow.set_tracking_uri(uri)  # the chief logged the trained model, which predicts without a cluster
-    (member,) = pyfunc.load(f"runs:/{chief_run}/model").members
+    (member,) = pyfunc.load(f"runs:/{chief_run}").members
     assert member.predict(np.zeros((3, 32, 32, 1), np.uint8), verbose=0).shape[0] == 3

@@ -19,7 +19,7 @@ from cxr.config import SmallCnnConfig
 from cxr.data.images import resize
 from cxr.errors import CxrError
 from cxr.models import build_model
-from cxr.pyfunc import CxrModel, ModelSpec, log_model
+from cxr.pyfunc import CxrModel, ModelSpec, log_model, run_model_uri
 
 NAMES = ["Atelectasis", "Effusion", "Mass"]
 
@@ -85,8 +85,10 @@ def test_a_logged_model_loads_in_a_fresh_process_and_reproduces(ensemble, tmp_pa
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("pyfunc", artifact_location=(tmp_path / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment) as run:
+    with mlflow.start_run(experiment_id=experiment, run_name="top5-ensemble.v2") as run:
         log_model(ensemble.members, ensemble.spec)
+    model_uri = run_model_uri(run.info.run_id)
+    assert model_uri == f"runs:/{run.info.run_id}/top5-ensemble_v2"  # named after its run, as MLflow allows
     frame = pd.DataFrame({"image": [png_base64(p) for p in images()]})
     frame.to_json(tmp_path / "input.json", orient="split")
     script = (
@@ -96,7 +98,7 @@ def test_a_logged_model_loads_in_a_fresh_process_and_reproduces(ensemble, tmp_pa
         "print(json.dumps(out.to_dict(orient='list')))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, uri, f"runs:/{run.info.run_id}/model", str(tmp_path / "input.json")],
+        [sys.executable, "-c", script, uri, model_uri, str(tmp_path / "input.json")],
         capture_output=True,
         text=True,
         cwd=tmp_path,  # a fresh process, away from the source tree

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr import metric_names as mn
+from cxr import naming
 from cxr.errors import CxrError
 from cxr.labels import NIH_PATHOLOGIES
 from cxr.train import train
@@ -87,14 +88,15 @@ def test_logged_model_is_cxrs_pyfunc_with_its_thresholds(finished):
 
     cfg, _, run, _ = finished
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    model = pyfunc.load(f"runs:/{run.info.run_id}/model")
+    model = pyfunc.load(f"runs:/{run.info.run_id}")
     size = cfg.dataset.image_size
     assert model.spec.image_sizes == [size] and model.pathologies == NIH_PATHOLOGIES
     out = model.probabilities([np.zeros((size, size), np.uint8), np.full((100, 80), 200, np.uint8)])
     assert out.shape == (2, len(NIH_PATHOLOGIES)) and np.all((out >= 0) & (out <= 1))
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/thresholds.json"))
     assert model.spec.thresholds == logged["thresholds"]  # the validation-chosen thresholds ship with it
-    info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    info = mlflow.models.get_model_info(pyfunc.run_model_uri(run.info.run_id))
+    assert info.name == naming.model_name(run.info.run_name)  # named after the run, not "model"
     assert info.signature.inputs.input_names() == ["image"]
 
 
