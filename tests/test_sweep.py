@@ -600,6 +600,9 @@ def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_cons
     artifacts = [p for p in (tmp_path / "mlruns" / "artifacts").rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in artifacts)
     assert not [p for p in artifacts if SECRET.encode() in p.read_bytes()]
+    records = list((tmp_path / "multirun").rglob("*.yaml"))  # Hydra's own: multirun.yaml, .hydra/*.yaml
+    assert {"multirun.yaml", "overrides.yaml", "config.yaml", "hydra.yaml"} <= {p.name for p in records}
+    assert not [p for p in records if SECRET in p.read_text()]
     assert "Launching 1 jobs locally" in out.stdout and "password=***" in out.stdout
     assert SECRET not in out.stdout + out.stderr
     assert "trial 1/2 done (number 0): 0." in out.stdout and "trial 2/2 done (number 1): " in out.stdout

@@ -68,7 +68,7 @@ class CxrOptunaSweeper(Sweeper):
         searched, fixed = space.parse(self.hydra_context.config_loader, s.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        (sweep_dir / "multirun.yaml").write_text(mask(OmegaConf.to_yaml(self.config)))
 
         url = storage_url(s.storage)
         study, created = create_or_join(s, url, searched, self.config.get("optimized_metric"))
