@@ -145,6 +145,13 @@ def test_a_patient_in_both_lists_is_named_with_both_lists(tmp_path):
     )
 
 
+def test_an_image_in_both_lists_is_an_error_naming_it(tmp_path):
+    folder = _write_release(tmp_path, ROWS)
+    (folder / "test_list.txt").write_text("c_000.png\na_000.png\n")  # a_000.png is in train_val too
+    with pytest.raises(CxrError, match=r"image a_000.png is in both train_val_list.txt and test_list.txt"):
+        load_table(split_cfg(root=str(folder), val_fraction=0.5))
+
+
 def test_selection_that_ends_empty_is_an_error(tmp_path):
     folder = _write_release(tmp_path, ROWS)
     (folder / "test_list.txt").write_text("")

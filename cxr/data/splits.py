@@ -86,7 +86,13 @@ def _check_known(names: list[str], known: pd.Series, list_name: str) -> None:
 
 
 def _check_patients_in_one_list(meta: pd.DataFrame, train_val: list[str], test: list[str]) -> None:
-    """A patient with images in both lists would be trained on and tested on: name the first such one."""
+    """An image or a patient in both lists would be trained on and tested on: name the first such one."""
+    twice = sorted(set(train_val) & set(test))
+    if twice:
+        raise CxrError(
+            f"image {twice[0]} is in both train_val_list.txt and test_list.txt ({len(twice)} such "
+            "image(s)); each image belongs in one list: remove it from the other"
+        )
     in_test = meta["image_id"].isin(test)
     in_train_val = meta["image_id"].isin(train_val) & ~in_test
     shared = sorted(set(meta.loc[in_test, "patient_id"]) & set(meta.loc[in_train_val, "patient_id"]))
