@@ -436,11 +436,37 @@ def check_callbacks(cfg: DictConfig) -> None:
         _require(patience >= 0, f"callbacks.{key}.patience", patience, "give 0 or more epochs")
 
 
+def check_dataset(d: DictConfig) -> None:
+    """The `dataset` group, before any image is generated or read (`cxr.train`, `cxr.prepare`)."""
+    from cxr.data.splits import SPLITS
+
+    _require(_positive_int(d.image_size), "dataset.image_size", d.image_size, "give 1 or more pixels a side")
+    _choice("dataset.split", d.split, list(SPLITS))
+    _require(0.0 < d.val_fraction < 1.0, "dataset.val_fraction", d.val_fraction, "give a share in (0, 1)")
+    fractions = list(d.split_fractions)
+    _require(
+        len(fractions) == 3 and min(fractions) > 0 and abs(sum(fractions) - 1.0) < 1e-6,
+        "dataset.split_fractions",
+        fractions,
+        "give three positive shares (train, val, test) that sum to 1",
+    )
+    _require(d.min_positives >= 0, "dataset.min_positives", d.min_positives, "give 0 (no warning) or more")
+    generator = d.get("generator")
+    if generator is not None:
+        for key in ("n_patients", "resolution"):
+            value = generator[key]
+            _require(_positive_int(value), f"dataset.generator.{key}", value, "give 1 or more")
+
+
+def check_predict(cfg: DictConfig) -> None:
+    """`cxr.predict`'s own values, before the model is loaded or an image read."""
+    _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
+
+
 def check_training(cfg: DictConfig) -> None:
     """Every value of a training config, before any data is read or model built: one CxrError naming
     the key, the value and what to give instead. Hydra has already checked types and key names."""
     from cxr.backend import check_trainer
-    from cxr.data.splits import SPLITS
     from cxr.optimizers import OPTIMIZERS
 
     t, d = cfg.trainer, cfg.dataset
@@ -456,7 +482,6 @@ def check_training(cfg: DictConfig) -> None:
     )
     _require(o.weight_decay >= 0.0, "trainer.optimizer.weight_decay", o.weight_decay, "give 0 or more")
     check_trainer(t)
-    _choice("dataset.split", d.split, list(SPLITS))
     minimum = min_image_size(cfg.model)
     _require(
         d.image_size >= minimum,
@@ -464,8 +489,7 @@ def check_training(cfg: DictConfig) -> None:
         d.image_size,
         f"model {cfg.model.name} needs at least {minimum} pixels a side",
     )
-    _require(0.0 < d.val_fraction < 1.0, "dataset.val_fraction", d.val_fraction, "give a share in (0, 1)")
-    _require(d.min_positives >= 0, "dataset.min_positives", d.min_positives, "give 0 (no warning) or more")
+    check_dataset(d)
     check_callbacks(cfg.callbacks)
     check_evaluation(cfg.evaluation)
 

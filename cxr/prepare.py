@@ -12,7 +12,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_dataset, register_configs
 from cxr.console import announce, log
 from cxr.errors import exit_on_user_error, run_command
 
@@ -23,6 +23,7 @@ def run(cfg: DictConfig) -> int:
     """Prepare the cache; returns how many images could not be read."""
     from cxr.data.prepared import load_prepared
 
+    check_dataset(cfg.dataset)  # before any image is generated or read
     start = time.perf_counter()
     data = load_prepared(cfg.dataset, warn=False)
     seconds = time.perf_counter() - start

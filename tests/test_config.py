@@ -246,3 +246,24 @@ def test_cli_refuses_a_bad_value_in_one_line_before_reading_data_or_building_a_m
     assert line.startswith("cxr: error: ") and override.split()[-1].split("=")[0] in line
     assert elapsed < 5.0, f"{elapsed:.1f} s"  # ~1-2 s; importing Keras alone takes 5 s here
     assert not (tmp_path / "mlflow.db").exists()  # no run was started either
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "message"),
+    [
+        ("cxr.prepare", "dataset.image_size=0", "dataset.image_size=0: give 1 or more pixels a side"),
+        ("cxr.prepare", "dataset.split_fractions=[0.5,0.5]", "give three positive shares"),
+        ("cxr.prepare", "dataset.generator.n_patients=0", "dataset.generator.n_patients=0: give 1 or more"),
+        ("cxr.predict", "batch_size=0", "batch_size=0: give 1 or more images"),
+    ],
+)
+def test_prepare_and_predict_refuse_bad_values_before_any_work(tmp_path, command, override, message):
+    """Before this, `cxr.prepare dataset.image_size=0` generated a dataset and died in a ZeroDivisionError."""
+    args = [f"dataset.root={tmp_path}/data", f"dataset.cache_dir={tmp_path}/cache"]
+    if command == "cxr.predict":
+        args = ["model=runs:/0123456789abcdef", f"images={tmp_path}"]
+    out = run_cli(command, *args, override, f"hydra.run.dir={tmp_path}/h")
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("cxr: error: ") and message in line
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()

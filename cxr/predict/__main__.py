@@ -17,7 +17,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, check_predict, register_configs
 from cxr.console import announce
 from cxr.errors import EXIT_USER_ERROR, CxrError, exit_on_user_error, run_command
 
@@ -72,6 +72,7 @@ def run(cfg: DictConfig) -> int:
     from cxr import pyfunc
     from cxr.predict import predict_files
 
+    check_predict(cfg)
     files, failures, folder = collect(cfg.images)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     model = pyfunc.load(cfg.model_uri)
