@@ -1,4 +1,5 @@
-"""Silence TensorFlow's start-up noise on machines without a GPU, before TensorFlow is imported.
+"""Silence start-up and library noise: TensorFlow's on machines without a GPU (before TensorFlow is
+imported), Optuna's experimental-feature warnings, and MLflow's artifact-download progress bars.
 
 `TF_CPP_MIN_LOG_LEVEL` hides TensorFlow's C++ log lines once its logging is set up (`3` on a CPU
 machine, where its errors are the GPU probing: `failed call to cuInit`); the lines it writes while
@@ -15,6 +16,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
@@ -71,3 +73,28 @@ def quiet_tensorflow(environ: MutableMapping[str, str]) -> None:
     environ["TF_CPP_MIN_LOG_LEVEL"], environ[MARK] = ("2" if gpu else "3"), "1"
     if not gpu and "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietImport("tensorflow"))
+
+
+# The Optuna features a sweep relies on (heartbeats and their retry callback, stale-trial failing,
+# named objectives) are marked experimental, and each use warns on stderr: noise on every sweep that
+# the user can do nothing about. Filtered by message, so optuna is not imported for it; installed from
+# cxr/__init__.py, since filters set while Hydra scans its plugins (which imports cxr.sweep) are undone.
+OPTUNA_NOISE = (
+    r".* is experimental \(supported from v",
+    r"Argument ``heartbeat_interval`` is an experimental feature",
+    r"Heartbeat of storage is supposed to be used with Study.optimize",  # cxr's own loop beats
+)
+
+
+def quiet_optuna() -> None:
+    for message in OPTUNA_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def quiet_mlflow(environ: MutableMapping[str, str]) -> None:
+    """No "Downloading artifacts: 100%|####|" bars each time a model or run config is loaded: they fill
+    the console and log files with carriage returns (setting the variable yourself keeps yours). No
+    colour-coded advice to log an input example with every model: cxr's models take PNG/JPEG files
+    as base64 strings, and their signature says so."""
+    environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", message=r"(\x1b\[[0-9;]*m)?An input example was not provided")

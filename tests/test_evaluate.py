@@ -39,6 +39,7 @@ def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
     out = evaluate_cli(cfg, f"run_id={run.info.run_id}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"Logged to MLflow run {run.info.run_id}" in out.stdout and "mean AUC [95% CI]: 0." in out.stdout
+    assert "Downloading artifacts" not in out.stderr  # MLflow's progress bars are off (carriage returns)
     history = client.get_metric_history(run.info.run_id, "test/auc_mean")
     assert len(history) == 2  # training's value, then the re-evaluation's
     assert history[1].value == pytest.approx(history[0].value, abs=1e-6)  # same model, same split, same data
