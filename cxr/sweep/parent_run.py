@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from cxr import metric_names
+from cxr.errors import shorten
 from cxr.masking import mask
 from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR
 
@@ -160,5 +161,5 @@ def _create(client: MlflowClient, experiment_id: str, searched: dict, settings, 
     params.update({f"sweeper.{k}": v for k, v in tracking.flatten(OmegaConf.to_container(settings)).items()})
     params.pop("sweeper.storage", None)
     for key, value in params.items():
-        client.log_param(run_id, key, str(value)[:6000])
+        client.log_param(run_id, key, shorten(mask(str(value)), 6000))  # MLflow caps a param at 6,000
     return run_id
