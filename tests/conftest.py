@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,9 +62,20 @@ def compose_cfg():
         yield compose_fn
 
 
+def own_run_dir(args) -> list[str]:
+    """`args`, with a throwaway `hydra.run.dir` unless they name one: Hydra's run folder (its `.hydra`
+    record, the job log) would otherwise pile up under the checkout's `outputs/` with every test."""
+    args = list(args)
+    # Hydra's flags (-m, --cfg, --info) take no run folder, and argparse takes overrides in one place
+    if not any(a.startswith(("hydra.run.dir=", "-")) for a in args):
+        args.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='cxr-test-run-')}")
+    return args
+
+
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` from the repository root, as a user types it."""
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True)
+    command = [sys.executable, "-m", module, *own_run_dir(args)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def client(tmp: Path) -> MlflowClient:
 
 def train_process(tmp: Path, *extra: str) -> subprocess.Popen:
     """`python -m cxr.train` on the tiny setup, started and left running."""
-    args = [*TINY, *FAST, *store_overrides(tmp), *extra]
+    args = [*TINY, *FAST, *store_overrides(tmp), *extra, f"hydra.run.dir={tmp}/hydra"]
     return subprocess.Popen(
         [sys.executable, "-m", "cxr.train", *args],
         cwd=REPO,
