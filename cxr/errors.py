@@ -84,6 +84,7 @@ def run_command(main: Callable[[], object]) -> NoReturn:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing them
     try:
         main()
+        interrupt.raise_pending()  # swallowed where no batch came after it to raise it again
     except KeyboardInterrupt:
         _interrupted()
     except (HydraException, OmegaConfBaseException) as err:

@@ -4,7 +4,8 @@ Python's SIGINT handler raises KeyboardInterrupt wherever the main thread happen
 inside a C extension that clears the error, the interrupt vanishes: Keras' JAX fit loop turns each batch's
 logs into NumPy (`np.array(jax_array)`) after every batch, and an interrupt landing there was dropped
 about one time in three, so training went on to its last epoch and the command exited 0. The handler
-installed here also remembers the interrupt, and a callback raises it again at the next batch boundary.
+installed here also remembers the interrupt, and a callback raises it again at the next batch boundary;
+a run checks once more before it ends FINISHED, and a command before it exits 0.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def callback():
     import keras
 
     class RaisePendingInterrupt(keras.callbacks.Callback):
+        # reads one global: safe on Keras's batch-end worker thread, whose exception Keras raises in
+        # the main thread at the next batch; so it leaves asynchronous prediction on
+        async_safe = True
+
         def on_train_batch_end(self, batch, logs=None):
             raise_pending()
 

@@ -150,7 +150,8 @@ def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | N
 
     from cxr.naming import model_name
 
-    name = model_name(mlflow.active_run().info.run_name)
+    run = mlflow.active_run()  # none: MLflow starts one, and the model keeps MLflow's default name
+    name = model_name(run.info.run_name) if run is not None and run.info.run_name else "model"
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -187,7 +188,8 @@ def _requirements(keras) -> list[str]:
 
 
 def run_model_uri(run_id: str, client=None) -> str:
-    """`runs:/<id>/<name>` of the model that run `run_id` logged (cxr logs at most one per run)."""
+    """`runs:/<id>/<name>` of the model that run `run_id` logged (cxr logs one per run; the newest if
+    someone logged more)."""
     from mlflow.tracking import MlflowClient
 
     client = client or MlflowClient()
@@ -198,7 +200,8 @@ def run_model_uri(run_id: str, client=None) -> str:
             f"run {run_id} ({run.info.run_name}) logged no model: it ran with tracking.log_model=false, "
             "or was a sweep trial outside the study's best (its tag cxr.model_skipped says so)"
         )
-    return f"runs:/{run_id}/{client.get_logged_model(outputs[-1].model_id).name}"
+    models = [client.get_logged_model(output.model_id) for output in outputs]
+    return f"runs:/{run_id}/{max(models, key=lambda m: m.creation_timestamp).name}"  # the newest
 
 
 def expand_uri(model_uri: str, client=None) -> str:

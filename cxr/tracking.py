@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from cxr import heartbeat, metric_names
+from cxr import heartbeat, interrupt, metric_names
 from cxr.errors import CxrError, shorten
 from cxr.locking import locked, sqlite_file
 from cxr.masking import mask, mask_values
@@ -253,6 +253,7 @@ def tracked_run(
     from cxr import naming
     from cxr.sweep.reporter import STATE_TAG
 
+    interrupt.install()  # also where no command installed it: a joblib or submitit worker's job
     t = cfg.tracking
     experiment_id = configure(t)
     client = MlflowClient(t.uri)
@@ -290,6 +291,7 @@ def tracked_run(
             mlflow.log_params(config_params(cfg))
             mlflow.log_text(mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
             yield run_id
+            interrupt.raise_pending()  # a Ctrl-C swallowed after the last batch still ends it KILLED
         except BaseException as err:
             status, state = _ending(err)
             if status == "FAILED":

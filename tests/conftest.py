@@ -62,13 +62,16 @@ def compose_cfg():
         yield compose_fn
 
 
+_RUN_DIRS = tempfile.TemporaryDirectory(prefix="cxr-test-runs-")  # removed when the session's process ends
+
+
 def own_run_dir(args) -> list[str]:
     """`args`, with a throwaway `hydra.run.dir` unless they name one: Hydra's run folder (its `.hydra`
     record, the job log) would otherwise pile up under the checkout's `outputs/` with every test."""
     args = list(args)
     # Hydra's flags (-m, --cfg, --info) take no run folder, and argparse takes overrides in one place
     if not any(a.startswith(("hydra.run.dir=", "-")) for a in args):
-        args.append(f"hydra.run.dir={tempfile.mkdtemp(prefix='cxr-test-run-')}")
+        args.append(f"hydra.run.dir={tempfile.mkdtemp(dir=_RUN_DIRS.name)}")
     return args
 
 

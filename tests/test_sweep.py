@@ -610,6 +610,22 @@ def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_cons
     assert ", best so far 0." in out.stdout
 
 
+def test_hydra_s_record_is_masked_in_place_and_an_unreadable_file_only_warns(tmp_path, caplog):
+    from cxr.hydra_record import mask_files
+
+    secret = tmp_path / "overrides.yaml"
+    secret.write_text(f"- hydra.sweeper.storage=postgresql://me:{SECRET}@db/optuna\n- seed=1\n")
+    plain = tmp_path / "config.yaml"
+    plain.write_text("seed: 1\n")
+    broken = tmp_path / "hydra.yaml"
+    broken.write_bytes(b"\xff\xfe not utf-8")
+    assert mask_files([secret, plain, broken]) == [secret]
+    assert secret.read_text() == "- hydra.sweeper.storage=postgresql://me:***@db/optuna\n- seed=1\n"
+    assert plain.read_text() == "seed: 1\n" and broken.read_bytes() == b"\xff\xfe not utf-8"
+    assert "could not mask the passwords in" in caplog.text and "hydra.yaml" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+
+
 def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):
     from cxr import tracking
 
