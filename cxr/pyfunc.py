@@ -166,7 +166,7 @@ def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | N
 
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=CxrModel(),
+            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # code, not a pickle
             artifacts=artifacts,
             signature=ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)])),
             pip_requirements=_requirements(keras),

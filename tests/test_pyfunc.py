@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -89,6 +90,11 @@ def test_a_logged_model_loads_in_a_fresh_process_and_reproduces(ensemble, tmp_pa
         log_model(ensemble.members, ensemble.spec)
     model_uri = run_model_uri(run.info.run_id)
     assert model_uri == f"runs:/{run.info.run_id}/top5-ensemble_v2"  # named after its run, as MLflow allows
+    stored = {
+        p.name
+        for p in Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m"))).rglob("*")
+    }
+    assert "pyfunc_code.py" in stored and not [n for n in stored if n.endswith(".pkl")]  # code, no pickle
     frame = pd.DataFrame({"image": [png_base64(p) for p in images()]})
     frame.to_json(tmp_path / "input.json", orient="split")
     script = (
