@@ -438,14 +438,14 @@ def check_callbacks(cfg: DictConfig) -> None:
 
 def check_dataset(d: DictConfig) -> None:
     """The `dataset` group, before any image is generated or read (`cxr.train`, `cxr.prepare`)."""
-    from cxr.data.splits import SPLITS
+    from cxr.data.splits import SPLITS, valid_fractions
 
     _require(_positive_int(d.image_size), "dataset.image_size", d.image_size, "give 1 or more pixels a side")
     _choice("dataset.split", d.split, list(SPLITS))
     _require(0.0 < d.val_fraction < 1.0, "dataset.val_fraction", d.val_fraction, "give a share in (0, 1)")
     fractions = list(d.split_fractions)
     _require(
-        len(fractions) == 3 and min(fractions) > 0 and abs(sum(fractions) - 1.0) < 1e-6,
+        len(fractions) == 3 and valid_fractions(fractions),
         "dataset.split_fractions",
         fractions,
         "give three positive shares (train, val, test) that sum to 1",

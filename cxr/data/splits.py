@@ -28,12 +28,18 @@ SPLITS: Registry = Registry("split")
 SPLIT_CSV_COLUMNS = {"image_id": "Image Index", "patient_id": "Patient ID", "split": "split"}
 
 
+def valid_fractions(fractions: Sequence[float]) -> bool:
+    """Shares of a split: positive and summing to 1 (the one rule, for configs and callers alike)."""
+    shares = np.asarray(fractions, dtype=np.float64)
+    return shares.ndim == 1 and bool(np.all(shares > 0)) and bool(np.isclose(shares.sum(), 1.0))
+
+
 def stratify_patients(
     meta: pd.DataFrame, pathologies: Sequence[str], fractions: Sequence[float], seed: int
 ) -> np.ndarray:
     """Index into `fractions` for every row of `meta`, whole patients at a time."""
     fractions = np.asarray(fractions, dtype=np.float64)
-    if fractions.ndim != 1 or np.any(fractions <= 0) or not np.isclose(fractions.sum(), 1.0):
+    if not valid_fractions(fractions):
         raise CxrError(f"split fractions must be positive and sum to 1, got {fractions.tolist()}")
     codes, patients = pd.factorize(meta["patient_id"])
     labels = meta[list(pathologies)].to_numpy(np.float64)
