@@ -15,8 +15,8 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
-from cxr.scoring import evaluate_split, patient_bootstrap
+from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
+from cxr.evaluation.scoring import evaluate_split, patient_bootstrap
 
 
 def main() -> None:

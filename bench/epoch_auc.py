@@ -1,4 +1,4 @@
-"""The per-epoch AUC (`cxr.metrics.PresentLabelsAUC`): how far its thresholded approximation is from
+"""The per-epoch AUC (`cxr.training.metrics.PresentLabelsAUC`): how far its thresholded approximation is from
 the exact mean AUC evaluation reports, and what one batch update costs, by number of thresholds.
 
 Labels at NIH's prevalences for a validation-sized set (Hernia left out, as a small split may), two
@@ -18,9 +18,9 @@ import time
 import keras
 import numpy as np
 
-from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
-from cxr.metrics import PresentLabelsAUC
-from cxr.scoring import evaluate_split
+from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
+from cxr.evaluation.scoring import evaluate_split
+from cxr.training.metrics import PresentLabelsAUC
 
 THRESHOLDS = (200, 1000, 5000)
 

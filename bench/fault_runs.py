@@ -20,7 +20,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from cxr import metric_names as mn
+from cxr.tracking import names as mn
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = [

@@ -136,7 +136,7 @@ def main() -> None:
         prepared = prepare_images(paths, args.size, tmp / "cache", workers=cores)
         prep = args.images / (time.perf_counter() - start)
 
-        from cxr.data.pipeline import make_dataset
+        from cxr.data.pipeline import CacheBatches
 
         labels = np.zeros((args.images, 14), np.float32)
         rows = np.arange(args.images)
@@ -151,7 +151,7 @@ def main() -> None:
         )
         feeds = {}
         for batch in (16, 64):
-            ds = make_dataset(prepared.images, labels, rows, batch_size=batch, training=True, seed=0)
+            ds = CacheBatches(prepared.images, labels, rows, batch_size=batch, training=True, seed=0)
             feeds[batch] = {
                 "cxr PyDataset": ds,
                 "as fit feeds it on TensorFlow": keras_tf_feed(ds),

@@ -30,10 +30,12 @@ def ensemble_build(folder: Path) -> None:
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
-    from cxr import ensemble, model_registry, pyfunc
+    from cxr import ensemble
     from cxr.config import CONF_DIR, SmallCnnConfig, register_configs
-    from cxr.labels import NIH_PATHOLOGIES
+    from cxr.data.labels import NIH_PATHOLOGIES
     from cxr.models import build_model
+    from cxr.serving import pyfunc
+    from cxr.tracking import versions as model_registry
     from cxr.train import train
 
     register_configs()
@@ -76,8 +78,8 @@ def ensemble_build(folder: Path) -> None:
     total = time.perf_counter() - start
 
     # the two stages that grow with the members and the data, timed again on their own
-    from cxr import tracking
-    from cxr.predict import predict_members
+    from cxr.serving.inference import predict_members
+    from cxr.tracking import runs as tracking
 
     start = time.perf_counter()
     members = [pyfunc.load(f"models:/bench/{v}") for v in range(1, 6)]
@@ -100,10 +102,10 @@ def latency(sizes: list[int], n_images: int, folder: Path) -> None:
     from omegaconf import OmegaConf
 
     from cxr.config import DenseNet121CbamConfig
-    from cxr.labels import NIH_PATHOLOGIES
+    from cxr.data.labels import NIH_PATHOLOGIES
     from cxr.models import build_model
-    from cxr.predict import predict_files
-    from cxr.pyfunc import CxrModel, ModelSpec
+    from cxr.serving.inference import predict_files
+    from cxr.serving.pyfunc import CxrModel, ModelSpec
 
     rng = np.random.default_rng(0)
     paths = []

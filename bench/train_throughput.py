@@ -4,7 +4,7 @@ prepared cache and, for comparison, by one batch held in memory, so a data-path 
 The step is cxr's: `cxr.models.build_model` (`densenet121_cbam`, random weights, the default config),
 the `dynamic_bce` loss, the per-epoch metrics of every training run and AdamW at the trainer's
 defaults, compiled by Keras on the current backend (`KERAS_BACKEND`) and run by `model.fit`. The data
-path is `cxr.data.pipeline.make_dataset` over a `.npy` memory map in `cxr.data.cache`'s format
+path is `cxr.data.pipeline.CacheBatches` over a `.npy` memory map in `cxr.data.cache`'s format
 (N random uint8 images, built under --cache on first use and reused), shuffled as in training. The
 in-memory figure runs the same `fit` on one batch that is reused every step (on JAX it stays in device
 memory). ratio = data path / in-memory: about 1 means the data path keeps up.
@@ -25,8 +25,8 @@ setting), else the process's peak resident memory (RSS); JAX's and RSS peaks nev
 the settings from small to large. The synthetic cache sits in the page cache: a real one larger than
 memory adds disk reads that this does not measure.
 
-Imports: numpy, keras, cxr.models, cxr.losses, cxr.metrics, cxr.data.pipeline and cxr.data.cache
-only (tested in tests/test_bench.py with every other heavy package blocked).
+Imports: numpy, keras, cxr.models, cxr.training.losses, cxr.training.metrics, cxr.data.pipeline and
+cxr.data.cache only (tested in tests/test_bench.py with every other heavy package blocked).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ import keras
 import numpy as np
 
 from cxr.data import cache
-from cxr.data.pipeline import make_dataset
-from cxr.losses import build_loss
-from cxr.metrics import epoch_metrics
+from cxr.data.pipeline import CacheBatches
 from cxr.models import build_model
+from cxr.training.losses import build_loss
+from cxr.training.metrics import epoch_metrics
 
 NUM_CLASSES = 14
 PREVALENCE = 0.05  # about NIH's mean per-finding prevalence
@@ -184,7 +184,7 @@ def measure(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int,
 
     def data_path(steps: int, seed: int):
         rows = np.arange(steps * batch) % n  # enough rows for `steps` full batches
-        return make_dataset(images, labels, rows, batch_size=batch, training=True, seed=seed)
+        return CacheBatches(images, labels, rows, batch_size=batch, training=True, seed=seed)
 
     timed_fit(model, data_path(args.warmup, seed=1))  # compile, allocate
     fed = args.steps * batch / timed_fit(model, data_path(args.steps, seed=2))

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cxr import metric_names as mn
+from cxr.tracking import names as mn
 
 RUN_S, EPOCH_S, PHASE = mn.timing("run"), mn.timing("epoch"), mn.timing("")[: -len("_s")]
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cxr import metric_names
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
+from cxr.tracking import names as metric_names
 
 
 # ---------------------------------------------------------------- dataset
@@ -400,7 +400,7 @@ def min_image_size(model: DictConfig) -> int:
 
 def check_evaluation(cfg: DictConfig) -> None:
     """The `evaluation` group: threshold method, thresholds, bootstrap and batch size."""
-    from cxr.scoring import THRESHOLD_METHODS
+    from cxr.evaluation.scoring import THRESHOLD_METHODS
 
     _choice("evaluation.threshold_method", cfg.threshold_method, list(THRESHOLD_METHODS))
     _require(0.0 <= cfg.threshold <= 1.0, "evaluation.threshold", cfg.threshold, "give a probability, 0 to 1")
@@ -412,14 +412,14 @@ def check_evaluation(cfg: DictConfig) -> None:
 
 def check_monitor(key: str, name: str) -> None:
     """A monitored name must be logged each epoch (Keras only warns, then never stops or saves)."""
-    from cxr.metric_names import epoch_log_names
+    from cxr.tracking.names import epoch_log_names
 
     _choice(key, name, epoch_log_names())
 
 
 def check_sweep_monitor(key: str, name: str) -> None:
     """What a sweep's trials report each epoch: a per-epoch metric, in MLflow's names (`val/auc`)."""
-    from cxr.metric_names import check_spelling, epoch_log_names, from_keras
+    from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
 
     check_spelling(name, key)
     _choice(key, name, tuple(from_keras(n) for n in epoch_log_names()))
@@ -438,10 +438,10 @@ def check_callbacks(cfg: DictConfig) -> None:
 
 def check_dataset(d: DictConfig) -> None:
     """The `dataset` group, before any image is generated or read (`cxr.train`, `cxr.prepare`)."""
-    from cxr.data.splits import SPLITS, valid_fractions
+    from cxr.data.splits import SPLIT_METHODS, valid_fractions
 
     _require(_positive_int(d.image_size), "dataset.image_size", d.image_size, "give 1 or more pixels a side")
-    _choice("dataset.split", d.split, list(SPLITS))
+    _choice("dataset.split", d.split, list(SPLIT_METHODS))
     _require(0.0 < d.val_fraction < 1.0, "dataset.val_fraction", d.val_fraction, "give a share in (0, 1)")
     fractions = list(d.split_fractions)
     _require(
@@ -466,8 +466,8 @@ def check_predict(cfg: DictConfig) -> None:
 def check_training(cfg: DictConfig) -> None:
     """Every value of a training config, before any data is read or model built: one CxrError naming
     the key, the value and what to give instead. Hydra has already checked types and key names."""
-    from cxr.backend import check_trainer
-    from cxr.optimizers import OPTIMIZERS
+    from cxr.training.backend import check_trainer
+    from cxr.training.optimizers import OPTIMIZERS
 
     t, d = cfg.trainer, cfg.dataset
     _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "give 1 or more epochs")

@@ -13,8 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 from cxr.config import CONF_DIR, check_dataset, register_configs
-from cxr.console import announce, log
-from cxr.errors import exit_on_user_error, run_command
+from cxr.runtime.console import announce, log
+from cxr.runtime.errors import exit_on_user_error, run_command
 
 register_configs()
 

@@ -14,28 +14,32 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from cxr import metric_names
 from cxr.config import CONF_DIR, register_configs
-from cxr.console import announce
-from cxr.errors import CxrError, exit_on_user_error, run_command
+from cxr.runtime.console import announce
+from cxr.runtime.errors import CxrError, exit_on_user_error, run_command
+from cxr.tracking import names as metric_names
 
 register_configs()
 
 
 def candidates_table(candidates, metric: str) -> pd.DataFrame:
     """One row per version: rank, kind, the metric with its interval, aliases, study/trial, run."""
-    from cxr import model_registry as mr
+    from cxr.tracking import versions as mr
 
     rows = []
     for rank, c in enumerate(candidates, start=1):
         low, high = (c.tags.get(bound) for bound in metric_names.interval(metric))
         interval = f"[{float(low):.4f}, {float(high):.4f}]" if low and high else ""
-        trial = f"{c.tags[mr.STUDY_TAG]}#{c.tags.get(mr.TRIAL_TAG)}" if mr.STUDY_TAG in c.tags else ""
+        trial = (
+            f"{c.tags[metric_names.STUDY_TAG]}#{c.tags.get(metric_names.TRIAL_TAG)}"
+            if metric_names.STUDY_TAG in c.tags
+            else ""
+        )
         rows.append(
             {
                 "rank": rank,
                 "version": c.version,
-                "kind": c.tags.get(mr.KIND_TAG, ""),
+                "kind": c.tags.get(metric_names.MODEL_KIND_TAG, ""),
                 metric: f"{c.score:.4f}",
                 "95% CI" if metric == mr.RANK_METRIC else "CI": interval,
                 "aliases": ",".join(c.aliases),
@@ -47,7 +51,7 @@ def candidates_table(candidates, metric: str) -> pd.DataFrame:
 
 
 def show(client, cfg: DictConfig) -> None:
-    from cxr import model_registry
+    from cxr.tracking import versions as model_registry
 
     ranked = model_registry.ranked_versions(client, cfg.model_name, metric=cfg.metric)
     champion = model_registry.get_candidate(client, cfg.model_name, alias=cfg.alias, metric=cfg.metric)
@@ -64,7 +68,7 @@ def show(client, cfg: DictConfig) -> None:
 
 def promote(client, cfg: DictConfig) -> str:
     """Move the alias to `cfg.version` if it beats the holder; returns what happened, in one line."""
-    from cxr import model_registry
+    from cxr.tracking import versions as model_registry
 
     version = str(cfg.version)
     challenger = model_registry.get_candidate(client, cfg.model_name, version=version, metric=cfg.metric)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cxr.backend import PRECISIONS, check_trainer, compile_options, dtype_policy
 from cxr.config import TrainerConfig
-from cxr.errors import CxrError
-from cxr.losses import DynamicWeightedBCE
-from cxr.metrics import epoch_metrics
 from cxr.models import build_model
+from cxr.runtime.errors import CxrError
+from cxr.training.backend import PRECISIONS, check_trainer, compile_options, dtype_policy
+from cxr.training.losses import DynamicWeightedBCE
+from cxr.training.metrics import epoch_metrics
 
 from .conftest import REPO
 from .test_models import NUM_CLASSES, SIZE, images, model_cfg
@@ -67,8 +67,8 @@ def test_a_bad_precision_fails_before_any_work(compose_cfg, tmp_path):
 
 
 def test_a_loss_with_a_running_state_is_refused_on_jax_only():
-    from cxr.backend import check_loss
-    from cxr.losses import DynamicWeightedBCE, MovingAverageWeightedBCE
+    from cxr.training.backend import check_loss
+    from cxr.training.losses import DynamicWeightedBCE, MovingAverageWeightedBCE
 
     check_loss(DynamicWeightedBCE())
     if keras.backend.backend() == "jax":
@@ -125,8 +125,8 @@ def run_under(backend: str, script: str) -> subprocess.CompletedProcess:
 
 SAVE = """
 import numpy as np, keras
-from cxr.backend import dtype_policy
-from cxr.losses import DynamicWeightedBCE
+from cxr.training.backend import dtype_policy
+from cxr.training.losses import DynamicWeightedBCE
 from cxr.models import build_model
 from tests.test_models import NUM_CLASSES, SIZE, images, model_cfg
 assert keras.backend.backend() == {backend!r}
@@ -147,7 +147,7 @@ for name, precision in [('small_cnn', 'float32'), ('cbam', 'mixed_bfloat16')]:
 """
 
 LOAD = """
-import numpy as np, keras, cxr.models, cxr.losses
+import numpy as np, keras, cxr.models, cxr.training.losses
 assert keras.backend.backend() == {backend!r}
 x = np.load('{tmp}/x.npy')
 for name, atol in [('small_cnn', 1e-5), ('cbam', 2e-2)]:

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from cxr.config import SCHEMAS, check_training, min_image_size
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
 from tests.conftest import CONF, run_cli
 
 GROUPS = ["dataset", "model", "loss", "callbacks", "trainer", "tracking", "evaluation"]

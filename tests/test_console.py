@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cxr import console
+from cxr.runtime import console
 from tests.conftest import REPO
 
 
@@ -36,7 +36,7 @@ def test_keras_shows_a_progress_bar_only_on_a_terminal():
 
 @pytest.mark.slow  # imports TensorFlow in a fresh process
 def test_tensorflow_starts_without_noise_on_a_cpu_machine():
-    from cxr._quiet import has_gpu
+    from cxr.runtime.quiet import has_gpu
 
     if has_gpu():
         pytest.skip("a GPU machine keeps TensorFlow's start-up messages")

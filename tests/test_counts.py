@@ -11,11 +11,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from cxr.config import BootstrapConfig, EvaluationConfig
-from cxr.counts import count_table, scarce, scarcity_note
+from cxr.data.counts import count_table, scarce, scarcity_note
 from cxr.data.prepared import load_prepared
-from cxr.metric_names import COUNTS_ARTIFACT, FEW_POSITIVES_TAG, UNDEFINED_TAG
-from cxr.predict import Predictions
-from cxr.reporting import evaluate_predictions
+from cxr.evaluation.report import evaluate_predictions
+from cxr.serving.inference import Predictions
+from cxr.tracking.names import COUNTS_ARTIFACT, FEW_POSITIVES_TAG, UNDEFINED_TAG
 from tests.conftest import real_nih_overrides, real_nih_release, run_cli
 
 

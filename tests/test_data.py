@@ -16,9 +16,9 @@ from PIL import Image
 from cxr.config import NihDatasetConfig, SyntheticGeneratorConfig
 from cxr.data import cache, nih, splits
 from cxr.data.datasets import load_table
+from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.data.synthetic import ensure_dataset
-from cxr.errors import CxrError
-from cxr.labels import NIH_PATHOLOGIES
+from cxr.runtime.errors import CxrError
 from tests.conftest import run_cli
 
 REAL_COUNTS = {  # image counts per finding in the full release (shared/data/README.md)
@@ -260,7 +260,7 @@ def real_samples(shared_data) -> pd.DataFrame:
 
 
 def test_prepare_and_pipeline_on_real_images_of_every_size_and_mode(real_samples, tmp_path):
-    from cxr.data.pipeline import make_dataset
+    from cxr.data.pipeline import CacheBatches
 
     modes = set(real_samples["png_mode"])
     assert "8-bit grayscale" in modes and any("RGB" in m for m in modes)
@@ -270,7 +270,7 @@ def test_prepare_and_pipeline_on_real_images_of_every_size_and_mode(real_samples
     assert prepared.images.std(axis=(1, 2)).min() > 5  # real content, not blank
     labels = real_samples[list(NIH_PATHOLOGIES)].to_numpy(np.float32)
     rows = np.arange(len(real_samples))
-    batches = list(make_dataset(prepared.images, labels, rows, batch_size=8))
+    batches = list(CacheBatches(prepared.images, labels, rows, batch_size=8))
     n = len(real_samples)
     assert [b[0].shape[0] for b in batches] == [8] * (n // 8) + ([n % 8] if n % 8 else [])
     x = np.concatenate([b[0] for b in batches])
@@ -338,7 +338,7 @@ def test_cache_built_for_another_size_or_list_is_rejected(tmp_path):
 
 
 def test_training_batches_visit_every_row_once_per_epoch_in_a_seeded_order():
-    from cxr.data.pipeline import make_dataset
+    from cxr.data.pipeline import CacheBatches
 
     n, rows = 50, np.arange(3, 53)  # a split's rows, not starting at 0
     images = np.arange(n + 5, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
@@ -353,18 +353,18 @@ def test_training_batches_visit_every_row_once_per_epoch_in_a_seeded_order():
             assert not file_order or np.all(np.diff(x[:, 0, 0, 0].astype(int)) > 0)  # read in file order
         return [b[1][:, 0].astype(int).tolist() for b in batches]
 
-    ds = make_dataset(images, labels, rows, batch_size=16, training=True, seed=7)
+    ds = CacheBatches(images, labels, rows, batch_size=16, training=True, seed=7)
     first, second = epoch(ds), epoch(ds)
     assert [len(b) for b in first] == [16, 16, 16, 2]
     for order in (first, second):
         assert sorted(sum(order, [])) == rows.tolist()  # every row exactly once
     assert first != second  # reshuffled each epoch
-    again = make_dataset(images, labels, rows, batch_size=16, training=True, seed=7)
+    again = CacheBatches(images, labels, rows, batch_size=16, training=True, seed=7)
     assert epoch(again) == first and epoch(again) == second  # the same seed, the same epochs
-    other = make_dataset(images, labels, rows, batch_size=16, training=True, seed=8)
+    other = CacheBatches(images, labels, rows, batch_size=16, training=True, seed=8)
     assert epoch(other) != first
     given = rows[::-1].copy()  # not training: the given order, untouched
-    plain = epoch(make_dataset(images, labels, given, batch_size=16), file_order=False)
+    plain = epoch(CacheBatches(images, labels, given, batch_size=16), file_order=False)
     assert sum(plain, []) == given.tolist()
     with pytest.raises(IndexError):
         ds[4]

@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from cxr.backend import check_trainer
-from cxr.data.pipeline import make_dataset
-from cxr.errors import CxrError
+from cxr.data.pipeline import CacheBatches
+from cxr.runtime.errors import CxrError
+from cxr.training.backend import check_trainer
 
 from .conftest import REPO, TINY, store_overrides
 from .test_backends import trainer
@@ -38,7 +38,7 @@ if keras.backend.backend() == "tensorflow":
     (cpu,) = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from mlflow.tracking import MlflowClient
-from cxr import metric_names
+from cxr.tracking import names as metric_names
 from cxr.train import train
 from tests.conftest import hydra_compose
 assert len(keras.distribution.list_devices()) == 2, keras.distribution.list_devices()
@@ -59,7 +59,7 @@ print("CURVES=" + json.dumps(curves))
 
 LOAD = """
 import keras, numpy as np, mlflow
-from cxr import pyfunc
+from cxr.serving import pyfunc
 mlflow.set_tracking_uri({uri!r})
 model = pyfunc.load("runs:/{run_id}")
 assert len(keras.distribution.list_devices()) == 1
@@ -71,14 +71,14 @@ assert out.shape[0] == 3 and np.all((out >= 0) & (out <= 1)), out
 
 def test_batches_for_jax_data_parallel_split_evenly_and_leave_out_fewer_rows_than_devices():
     images = np.zeros((11, 2, 2), np.uint8)
-    batches = make_dataset(
+    batches = CacheBatches(
         images, np.zeros((11, 1)), np.arange(11), batch_size=4, training=True, multiple_of=2
     )
     sizes = [len(batches.batch_rows(i)) for i in range(len(batches))]
     assert sizes == [4, 4, 2]
     assert len(np.unique(np.concatenate([batches.batch_rows(i) for i in range(len(batches))]))) == 10
     with pytest.raises(ValueError, match="not a multiple of 2"):
-        make_dataset(images, np.zeros((11, 1)), np.arange(11), batch_size=3, multiple_of=2)
+        CacheBatches(images, np.zeros((11, 1)), np.arange(11), batch_size=3, multiple_of=2)
 
 
 def test_an_unknown_distribution_is_a_one_line_error_naming_the_choices():

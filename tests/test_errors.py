@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cxr.errors import shorten
+from cxr.runtime.errors import shorten
 
 
 def test_a_message_that_fits_is_whole_and_a_long_one_ends_on_a_word_with_what_was_left_out():

@@ -7,8 +7,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cxr import metric_names as mn
-from cxr.naming import model_name
+from cxr.tracking import names as mn
+from cxr.tracking.naming import model_name
 from cxr.train import train
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
 

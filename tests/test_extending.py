@@ -15,9 +15,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from cxr.errors import CxrError
-from cxr.losses import LOSSES
 from cxr.models import MODELS
+from cxr.runtime.errors import CxrError
+from cxr.training.losses import LOSSES
 from tests.conftest import TINY, run_cli, store_overrides
 
 
@@ -176,8 +176,8 @@ def test_a_model_and_a_loss_from_the_users_code_train_log_and_load(user_dir, tmp
     )
     import keras
 
-    import cxr.metrics  # noqa: F401  (registers cxr's metrics; importing this module registered ScaledBCE)
-    from cxr import pyfunc
+    import cxr.training.metrics  # noqa: F401  (registers cxr's metrics; importing this module registered ScaledBCE)
+    from cxr.serving import pyfunc
 
     mlflow.set_tracking_uri(uri)
     logged = pyfunc.load(f"runs:/{run.info.run_id}")

@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from cxr import metric_names as mn
-from cxr import tracking
 from cxr.config import TrackingConfig
+from cxr.tracking import names as mn
+from cxr.tracking import runs as tracking
 from tests.conftest import REPO, TINY, run_cli, store_overrides
 from tests.test_sweep import FAST, load, sweep_args
 
@@ -165,7 +165,7 @@ def test_a_ctrl_c_swallowed_mid_batch_is_raised_again_at_the_next_batch():
     import keras
     import numpy as np
 
-    from cxr import interrupt
+    from cxr.runtime import interrupt
 
     class SwallowsCtrlC(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -296,7 +296,7 @@ def test_a_read_only_store_folder_is_one_line_naming_it_at_once(tmp_path):
 
 
 def test_an_optuna_storage_in_a_read_only_folder_is_a_user_error_naming_it(tmp_path):
-    from cxr.errors import CxrError
+    from cxr.runtime.errors import CxrError
     from cxr.sweep.study import rdb_storage
 
     folder = tmp_path / "mlruns"
@@ -312,7 +312,7 @@ def test_a_model_with_a_lambda_layer_is_refused_in_one_line_saying_why_and_what_
     import mlflow
     from PIL import Image
 
-    from cxr.pyfunc import ModelSpec, log_model
+    from cxr.serving.pyfunc import ModelSpec, log_model
 
     inputs = keras.Input((32, 32, 1))
     outputs = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs)

@@ -17,10 +17,10 @@ from PIL import Image
 from cxr.config import DenseNet121CbamConfig, DenseNet121Config, SmallCnnConfig
 from cxr.data.images import load_resized
 from cxr.data.images import resize as resize_grey
-from cxr.errors import CxrError
-from cxr.gradcam import ensemble_gradcam, gradcam, heatmap_at, overlay_png, target_layer
 from cxr.models import build_model
 from cxr.models.layers import GreyToImageNet
+from cxr.runtime.errors import CxrError
+from cxr.serving.gradcam import ensemble_gradcam, gradcam, heatmap_at, overlay_png, target_layer
 from tests.conftest import REPO
 
 RNG = np.random.default_rng(0)
@@ -222,7 +222,7 @@ def test_the_jax_backend_gives_the_cam_map_too(tmp_path):
         """
         import keras, numpy as np
         assert keras.backend.backend() == "jax"
-        from cxr.gradcam import gradcam
+        from cxr.serving.gradcam import gradcam
         from tests.test_gradcam import cam_model, cam_reference, grey_images, left_half_model
         model, images = cam_model(), grey_images(3, 16)
         for k in range(3):
@@ -243,8 +243,8 @@ def test_a_backend_without_gradients_is_a_user_error_naming_it():
         pytest.skip("Keras's numpy backend imports jax, which is not installed")
     script = textwrap.dedent(
         """
-        from cxr.errors import CxrError
-        from cxr.gradcam import gradcam
+        from cxr.runtime.errors import CxrError
+        from cxr.serving.gradcam import gradcam
         from tests.test_gradcam import cam_model, grey_images
         try:
             gradcam(cam_model(), grey_images(1, 16), 0)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cxr import metric_names as mn
 from cxr.sweep.grid import NOISE_NOTE, grid_summary, swept_keys
+from cxr.tracking import names as mn
 from tests.conftest import TINY, run_cli, store_overrides
 
 

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from cxr.config import SCHEMAS
-from cxr.errors import CxrError
-from cxr.losses import (
+from cxr.runtime.errors import CxrError
+from cxr.training.losses import (
     LOSSES,
     DynamicWeightedBCE,
     MovingAverageWeightedBCE,

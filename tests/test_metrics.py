@@ -9,13 +9,13 @@ import pytest
 from omegaconf import OmegaConf
 from sklearn.metrics import confusion_matrix, f1_score, hamming_loss, precision_score, recall_score
 
-from cxr.callbacks import monitored
 from cxr.config import SmallCnnConfig
 from cxr.data.images import load_resized
-from cxr.labels import NIH_PATHOLOGIES
-from cxr.metrics import epoch_metrics
+from cxr.data.labels import NIH_PATHOLOGIES
+from cxr.evaluation.scoring import evaluate_split
 from cxr.models import build_model
-from cxr.scoring import evaluate_split
+from cxr.training.callbacks import monitored
+from cxr.training.metrics import epoch_metrics
 
 RNG = np.random.default_rng(7)
 Y = (RNG.random((50, 14)) < 0.2).astype(np.float32)

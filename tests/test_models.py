@@ -14,13 +14,13 @@ from keras.applications import densenet
 from omegaconf import OmegaConf
 
 from cxr.config import AugmentConfig, DenseNet121CbamConfig, DenseNet121Config, SmallCnnConfig
-from cxr.errors import CxrError
-from cxr.labels import NIH_PATHOLOGIES
-from cxr.losses import DynamicWeightedBCE
-from cxr.metrics import epoch_metrics
+from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.models import MODELS, build_model
 from cxr.models.cbam import CBAM, ChannelAttention, SpatialAttention
 from cxr.models.layers import GreyToImageNet
+from cxr.runtime.errors import CxrError
+from cxr.training.losses import DynamicWeightedBCE
+from cxr.training.metrics import epoch_metrics
 
 from .conftest import REPO
 
@@ -188,7 +188,7 @@ def test_imagenet_weights_offline_fail_with_advice_not_a_traceback(tmp_path):
     script = (
         "from omegaconf import OmegaConf\n"
         "from cxr.config import DenseNet121Config\n"
-        "from cxr.errors import exit_on_user_error\n"
+        "from cxr.runtime.errors import exit_on_user_error\n"
         "from cxr.models import build_model\n"
         "exit_on_user_error(lambda: build_model(OmegaConf.structured(DenseNet121Config()), 32, 14))()\n"
     )
@@ -233,7 +233,7 @@ def test_saved_models_load_in_a_fresh_process_in_safe_mode_with_identical_output
         np.save(tmp_path / f"{name}.npy", model.predict(x, verbose=0))
         model.save(tmp_path / f"{name}.keras")
     script = (
-        "import sys, numpy as np, keras, cxr.models, cxr.losses, cxr.metrics\n"
+        "import sys, numpy as np, keras, cxr.models, cxr.training.losses, cxr.training.metrics\n"
         f"x = np.load('{tmp_path}/x.npy')\n"
         f"for name in {list(saved)!r}:\n"
         f"    m = keras.saving.load_model(f'{tmp_path}/{{name}}.keras', safe_mode=True)\n"

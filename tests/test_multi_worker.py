@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cxr import metric_names, pyfunc
-from cxr.backend import is_chief
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
+from cxr.serving import pyfunc
+from cxr.tracking import names as metric_names
+from cxr.training.backend import is_chief
 
 from .conftest import REPO, TINY, store_overrides
 from .services import free_port

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from cxr.config import SmallCnnConfig
 from cxr.data.images import load_resized
-from cxr.labels import NIH_PATHOLOGIES
+from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.models import build_model
-from cxr.predict import predict_files
-from cxr.pyfunc import CxrModel, ModelSpec
+from cxr.serving.inference import predict_files
+from cxr.serving.pyfunc import CxrModel, ModelSpec
 
 SIZE = 32
 

@@ -18,9 +18,9 @@ from PIL import Image
 
 from cxr.config import SmallCnnConfig
 from cxr.data.images import resize
-from cxr.errors import CxrError
 from cxr.models import build_model
-from cxr.pyfunc import CxrModel, ModelSpec, log_model, run_model_uri
+from cxr.runtime.errors import CxrError
+from cxr.serving.pyfunc import CxrModel, ModelSpec, log_model, run_model_uri
 
 NAMES = ["Atelectasis", "Effusion", "Mass"]
 

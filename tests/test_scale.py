@@ -100,7 +100,7 @@ def test_training_registration_ensemble_and_prediction_go_through_a_tracking_ser
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     mlflow.set_tracking_uri(url)
-    from cxr import pyfunc
+    from cxr.serving import pyfunc
 
     (member, _) = pyfunc.load("models:/team/3").members
     assert member.input_shape[1:] == (32, 32, 1)

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from cxr import metric_names as mn
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
+from cxr.tracking import names as mn
 from tests.conftest import REPO, TINY, hydra_compose, run_cli, store_overrides
 
 FAST = ["evaluation.plots=false", "evaluation.bootstrap.resamples=20", "tracking.log_model=false"]
@@ -611,7 +611,7 @@ def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_cons
 
 
 def test_hydra_s_record_is_masked_in_place_and_an_unreadable_file_only_warns(tmp_path, caplog):
-    from cxr.hydra_record import mask_files
+    from cxr.runtime.hydra_record import mask_files
 
     secret = tmp_path / "overrides.yaml"
     secret.write_text(f"- hydra.sweeper.storage=postgresql://me:{SECRET}@db/optuna\n- seed=1\n")
@@ -627,7 +627,7 @@ def test_hydra_s_record_is_masked_in_place_and_an_unreadable_file_only_warns(tmp
 
 
 def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):
-    from cxr import tracking
+    from cxr.tracking import runs as tracking
 
     cfg = compose_cfg(["tracking.uri=http://user:s3cret@mlflow.example:5000", f"output_dir={tmp_path}"])
     params = tracking.config_params(cfg)

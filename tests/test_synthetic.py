@@ -9,8 +9,8 @@ from PIL import Image
 
 from cxr.config import SyntheticGeneratorConfig
 from cxr.data import nih
+from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
 from cxr.data.synthetic import ensure_dataset, sample_metadata
-from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
 
 OFFICIAL_COLUMNS = [
     "Image Index",

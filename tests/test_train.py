@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cxr import metric_names as mn
-from cxr import naming
-from cxr.errors import CxrError
-from cxr.labels import NIH_PATHOLOGIES
+from cxr.data.labels import NIH_PATHOLOGIES
+from cxr.runtime.errors import CxrError
+from cxr.tracking import names as mn
+from cxr.tracking import naming
 from cxr.train import train
 from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
 
@@ -84,7 +84,7 @@ def test_run_logs_config_split_and_history_artifacts(finished, tmp_path):
 def test_logged_model_is_cxrs_pyfunc_with_its_thresholds(finished):
     import json
 
-    from cxr import pyfunc
+    from cxr.serving import pyfunc
 
     cfg, _, run, _ = finished
     mlflow.set_tracking_uri(cfg.tracking.uri)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
 
 IMAGES_FILE = "images.npy"
 FILES_FILE = "files.npy"  # per row: file size, mtime_ns (as read), source height, width

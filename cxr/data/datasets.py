@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.data import nih, splits, synthetic
-from cxr.errors import CxrError
-from cxr.registry import Registry
+from cxr.runtime.errors import CxrError
+from cxr.runtime.builders import Builders
 
-DATASETS: Registry = Registry("dataset")
+DATASETS: Builders = Builders("dataset")
 
 
 @dataclass(frozen=True)

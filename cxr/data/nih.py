@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.errors import CxrError
-from cxr.labels import NIH_PATHOLOGIES, NO_FINDING
+from cxr.runtime.errors import CxrError
+from cxr.data.labels import NIH_PATHOLOGIES, NO_FINDING
 
 LABEL_FILES = (
     "Data_Entry_2017_v2020.csv",

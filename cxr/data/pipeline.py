@@ -106,4 +106,3 @@ def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-make_dataset = CacheBatches  # the name the call sites use: make_dataset(images, labels, rows, batch_size=...)

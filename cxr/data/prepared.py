@@ -16,7 +16,7 @@ import pandas as pd
 from cxr.data.cache import PreparedImages, prepare_images
 from cxr.data.datasets import load_table
 from cxr.data.splits import SPLIT_NAMES, apply_split
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.errors import CxrError
-from cxr.registry import Registry
+from cxr.runtime.errors import CxrError
+from cxr.runtime.builders import Builders
 
 SPLIT_NAMES = ("train", "val", "test")
-SPLITS: Registry = Registry("split")
+SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}  # in words, as messages say them
+SPLIT_METHODS: Builders = Builders("split")
 # split.csv, saved with every run, keeps the NIH column names users know
 SPLIT_CSV_COLUMNS = {"image_id": "Image Index", "patient_id": "Patient ID", "split": "split"}
 
@@ -126,7 +127,7 @@ def _warn_unlisted(meta: pd.DataFrame, train_val: list[str], test: list[str]) ->
         )
 
 
-@SPLITS.register("official")
+@SPLIT_METHODS.register("official")
 def official_split(
     meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
 ) -> pd.Series:
@@ -147,7 +148,7 @@ def official_split(
     return split
 
 
-@SPLITS.register("random")
+@SPLIT_METHODS.register("random")
 def random_split(
     meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
 ) -> pd.Series:
@@ -160,7 +161,7 @@ def assign(
     meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
 ) -> pd.Series:
     """The split column for `meta` as configured; errors if a split ends empty."""
-    split = SPLITS.get(cfg.split)(meta, pathologies, train_val, test, cfg)
+    split = SPLIT_METHODS.get(cfg.split)(meta, pathologies, train_val, test, cfg)
     counts = split.value_counts()
     empty = [s for s in SPLIT_NAMES if counts.get(s, 0) == 0]
     if empty:

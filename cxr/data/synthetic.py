@@ -9,6 +9,8 @@ Because the output is the NIH layout, it goes through the same reader as the rea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import hashlib
 import json
@@ -20,8 +22,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr.config import SyntheticGeneratorConfig
-from cxr.labels import NIH_PATHOLOGIES, NIH_PREVALENCE, NO_FINDING
+from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE, NO_FINDING
+
+if TYPE_CHECKING:
+    from cxr.config import SyntheticGeneratorConfig  # a type only: config sits above data
 
 MANIFEST = "generator.json"
 

@@ -11,8 +11,8 @@ import keras
 
 from cxr.models import densenet as _densenet  # noqa: F401  (each module registers its builders)
 from cxr.models import small_cnn as _small_cnn  # noqa: F401
+from cxr.models.builders import MODELS
 from cxr.models.layers import GreyToImageNet, augmentation
-from cxr.models.registry import MODELS
 
 
 def build_model(cfg, image_size: int, num_classes: int, augment=None) -> keras.Model:

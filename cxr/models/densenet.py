@@ -7,9 +7,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from cxr.errors import CxrError
+from cxr.models.builders import MODELS
 from cxr.models.cbam import CBAM
-from cxr.models.registry import MODELS
+from cxr.runtime.errors import CxrError
 
 IMAGENET_CACHE = "~/.keras/models/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 

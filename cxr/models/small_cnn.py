@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from cxr.models.registry import MODELS
+from cxr.models.builders import MODELS
 
 
 @MODELS.register("small_cnn")

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from cxr import metric_names
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
 from cxr.sweep.study import RUN_ID_ATTR
+from cxr.tracking import names as metric_names
 
 if TYPE_CHECKING:
     import optuna
@@ -72,14 +72,15 @@ def reevaluate(run_id: str, config: DictConfig) -> dict[str, float]:
     registered versions get the interval of the ranking metric as tags, as a plain run's versions do."""
     from mlflow.tracking import MlflowClient
 
-    from cxr import model_registry
-    from cxr.config import EvaluateConfig
-    from cxr.evaluate import evaluate
+    from cxr.config import EvaluateConfig, check_evaluation
+    from cxr.evaluation.logged_model import evaluate
+    from cxr.tracking import versions as model_registry
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(EvaluateConfig),
         {"run_id": run_id, "evaluation": config.evaluation, "tracking": config.tracking},
     )
+    check_evaluation(cfg.evaluation)
     metrics = evaluate(cfg)
     name = config.tracking.registered_model_name
     if name:

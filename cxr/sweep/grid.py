@@ -16,14 +16,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cxr import metric_names
-from cxr.masking import mask
+from cxr.runtime.masking import mask
+from cxr.tracking import names as metric_names
 
 if TYPE_CHECKING:
     import pandas as pd
 
 PARENT_FILE = "mlflow_parent_run_id"  # in the sweep folder
-KIND_TAG = "cxr.sweep.kind"
 NOISE_NOTE = (
     "one seed per value: a difference between these values is mostly seed noise; "
     "add seeds to the grid (seed=0,1,2) to read it against that noise"
@@ -90,7 +89,11 @@ class GridParent(Callback):
         self.parent = ParentRun.create(
             config.tracking,
             name=f"grid-{'-'.join(swept_keys(arguments)) or 'multirun'}",
-            tags={"cxr.sweep": "true", KIND_TAG: "grid", "hydra.overrides": mask(" ".join(arguments))},
+            tags={
+                metric_names.SWEEP_TAG: "true",
+                metric_names.SWEEP_KIND_TAG: "grid",
+                metric_names.OVERRIDES_TAG: mask(" ".join(arguments)),
+            },
         )
         folder = Path(config.hydra.sweep.dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,7 @@ class GridParent(Callback):
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))
         if note:
             print(f"[cxr grid] {note}")
-            self.parent.client.set_tag(self.parent.run_id, "cxr.note", note)
+            self.parent.client.set_tag(self.parent.run_id, metric_names.NOTE_TAG, note)
         self.parent.finish(table)
         print(f"[cxr grid] {len(frame)} finished run(s); MLflow parent run {self.parent.run_id}; ", end="")
         print(self.parent.ui_command(), flush=True)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from cxr import metric_names
-from cxr.errors import shorten
-from cxr.masking import mask
+from cxr.runtime.errors import shorten
+from cxr.runtime.masking import mask
 from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR
+from cxr.tracking import names as metric_names
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; both are imported on use
     import optuna
@@ -33,7 +33,7 @@ def connect(tracking_cfg, create: bool) -> tuple[MlflowClient, str | None]:
     """
     from mlflow.tracking import MlflowClient
 
-    from cxr import tracking
+    from cxr.tracking import runs as tracking
 
     experiment_id = tracking.configure(tracking_cfg) if create else None
     return MlflowClient(tracking_cfg.uri), experiment_id
@@ -82,20 +82,20 @@ class ParentRun:
             return
         best = study.best_trial
         self.client.log_metric(self.run_id, metric_names.BEST_VALUE, best.value, step=step)
-        self.client.set_tag(self.run_id, "best_trial", str(best.number))
-        self.client.set_tag(self.run_id, "best_run_id", str(best.user_attrs.get(RUN_ID_ATTR)))
+        self.client.set_tag(self.run_id, metric_names.BEST_TRIAL_TAG, str(best.number))
+        self.client.set_tag(self.run_id, metric_names.BEST_RUN_TAG, str(best.user_attrs.get(RUN_ID_ATTR)))
         for key, value in best.params.items():
-            self.client.set_tag(self.run_id, f"best.{key}", str(value))
+            self.client.set_tag(self.run_id, metric_names.BEST_PARAM_PREFIX + key, str(value))
 
     def finish(self, summary: pd.DataFrame | None = None) -> None:
         """Log the summary table (if any) as `summary.csv` and end the run FINISHED."""
         if summary is not None:
-            self.client.log_text(self.run_id, summary.to_csv(), "summary.csv")
+            self.client.log_text(self.run_id, summary.to_csv(), metric_names.SUMMARY_ARTIFACT)
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def reap_children(self, grace_s: float) -> list[str]:
         """End KILLED the study's RUNNING trial runs whose process is gone (`tracking.reap_orphans`)."""
-        from cxr import tracking
+        from cxr.tracking import runs as tracking
 
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         where = f"tags.mlflow.parentRunId = '{self.run_id}'"
@@ -103,15 +103,14 @@ class ParentRun:
 
     def end_killed(self, run_id: str, reason: str) -> None:
         """End a trial's run KILLED with `reason`, unless it has ended already."""
-        from cxr import tracking
-        from cxr.sweep.reporter import STATE_TAG
+        from cxr.tracking import runs as tracking
 
         if self.client.get_run(run_id).info.status == "RUNNING":
-            self.client.set_tag(run_id, STATE_TAG, "FAIL")
+            self.client.set_tag(run_id, metric_names.STATE_TAG, "FAIL")
             tracking.end_killed(self.client, run_id, reason)
 
     def ui_command(self) -> str:
-        from cxr import tracking
+        from cxr.tracking import runs as tracking
 
         return tracking.ui_command(self.tracking_uri)
 
@@ -149,12 +148,16 @@ def _wait_for(study: optuna.Study) -> str | None:
 
 def _create(client: MlflowClient, experiment_id: str, searched: dict, settings, url: str) -> str:
     """A new parent run holding the search space and the sweeper settings (less the storage URL)."""
-    from cxr import tracking
+    from cxr.tracking import runs as tracking
 
     run = client.create_run(
         experiment_id,
         run_name=f"sweep-{settings.study_name}",
-        tags={"cxr.sweep": "true", "optuna.study_name": settings.study_name, "optuna.storage": mask(url)},
+        tags={
+            metric_names.SWEEP_TAG: "true",
+            metric_names.STUDY_TAG: settings.study_name,
+            metric_names.STORAGE_TAG: mask(url),
+        },
     )
     run_id = run.info.run_id
     params = {f"space.{k}": repr(v) for k, v in searched.items()}

@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager, nullcontext
 
-from cxr import heartbeat, metric_names
-from cxr.errors import CxrError
+from cxr.runtime import heartbeat
+from cxr.runtime.errors import CxrError
 from cxr.sweep.study import HEARTBEAT_ATTR, MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
-
-STATE_TAG = "optuna.state"  # the MLflow tag of a trial's run: COMPLETE, PRUNED or FAIL
+from cxr.tracking import names as metric_names
 
 
 class TrialReporter:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from cxr import metric_names
+from cxr.tracking import names as metric_names
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
-from cxr.errors import CxrError
+from cxr.runtime.errors import CxrError
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
     from optuna.distributions import BaseDistribution

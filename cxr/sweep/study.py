@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from cxr.errors import CxrError
-from cxr.locking import locked, sqlite_file
-from cxr.masking import mask
+from cxr.runtime.errors import CxrError
+from cxr.runtime.locks import locked, sqlite_file
+from cxr.runtime.masking import mask
 from cxr.sweep import space
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use

@@ -20,14 +20,14 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from cxr import heartbeat
 from cxr.config import check_sweep_monitor
-from cxr.errors import CxrError, exit_on_user_error
-from cxr.masking import mask
-from cxr.metric_names import SELECTION_TAG
+from cxr.runtime import heartbeat
+from cxr.runtime.errors import CxrError, exit_on_user_error
+from cxr.runtime.masking import mask
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
 from cxr.sweep.study import RUN_ID_ATTR, create_or_join, storage_url
+from cxr.tracking.names import SELECTION_TAG
 
 if TYPE_CHECKING:
     import optuna

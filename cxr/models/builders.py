@@ -1,0 +1,3 @@
+from cxr.runtime.builders import Builders
+
+MODELS: Builders = Builders("model")

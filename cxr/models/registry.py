@@ -1,3 +1,0 @@
-from cxr.registry import Registry
-
-MODELS: Registry = Registry("model")

@@ -1,0 +1,76 @@
+"""`python -m cxr.predict model=models:/NAME@champion images=PATH`: what a model sees in image files.
+
+PATH is a file, a folder (its PNG and JPEG files) or a list `images=[a.png,b.jpg]`. Per image it
+prints the probability of every finding and the findings at or above the model's validation-chosen
+thresholds; for a folder it also writes `predictions.csv`; with `heatmaps=true` it writes one
+Grad-CAM overlay PNG per image and positive finding, at the image's own resolution. A file that is
+not an image is named in one `cxr: error:` line and the others go on; the exit code is 2 if any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+
+from cxr.config import CONF_DIR, PredictConfig, check_predict, register_configs
+from cxr.runtime.console import announce
+from cxr.runtime.errors import EXIT_USER_ERROR, exit_on_user_error, run_command
+
+register_configs()
+
+
+def run(cfg: PredictConfig) -> int:
+    """Predict, print, write; returns how many inputs failed."""
+    check_predict(cfg)
+    # heavy (MLflow, Keras): after the checks
+    import mlflow
+
+    from cxr.serving import pyfunc
+    from cxr.serving.gradcam import write_overlays
+    from cxr.serving.inference import collect_images, predict_files
+
+    files, failures, folder = collect_images(cfg.images)
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model = pyfunc.load(cfg.model_uri)
+    result = predict_files(model, files, cfg.batch_size)
+    failures.update(result.failures)
+    output = Path(cfg.output_dir)
+    findings = model.findings(result.scores)
+    for path, scores, positives in zip(result.paths, result.scores, findings, strict=True):
+        shown = ", ".join(positives) if positives else "none at or above their thresholds"
+        print(f"{path}\n  findings: {shown}")
+        print("  " + "  ".join(f"{p} {s:.3f}" for p, s in zip(model.pathologies, scores, strict=True)))
+        if cfg.heatmaps and positives:
+            for written in write_overlays(model, path, positives, output / "heatmaps"):
+                print(f"  heatmap: {written}")
+    if folder and result.paths:
+        output.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(result.scores, columns=list(model.pathologies), index=result.paths)
+        table.insert(0, "findings", ["|".join(f) for f in findings])
+        table.rename_axis("image").to_csv(output / "predictions.csv", float_format="%.6f")
+        print(f"\n{len(result.paths)} image(s) predicted; table: {output / 'predictions.csv'}")
+    for reason in failures.values():
+        print(f"cxr: error: {reason}", file=sys.stderr)
+    return len(failures)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
+@exit_on_user_error
+def main(cfg: PredictConfig) -> None:
+    announce("predict", cfg)
+    if run(cfg):
+        sys.exit(EXIT_USER_ERROR)
+
+
+def model_alias(argv: list[str]) -> list[str]:
+    """`model=URI` as users write it, read as `model_uri=URI`: `model` is the model config group's name
+    (cxr.train's `model=densenet121`), so Hydra would take `model=URI` for a group option."""
+    return [f"model_uri={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = model_alias(sys.argv[1:])
+    run_command(main)

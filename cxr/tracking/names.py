@@ -1,0 +1,179 @@
+"""Every MLflow name cxr writes or reads, in one place: metrics, tags, aliases and artifact paths.
+
+Names follow MLflow's `/` convention so the UI groups them into sections: `train/loss`,
+`val/auc` (per epoch), `val/auc/Atelectasis`, `val/auc_mean`, `test/sensitivity/Hernia`,
+`threshold/Hernia`, `time/fit_s`. Writers (training, evaluation, sweeps) and readers (the
+objective, ranking, promotion, benches, tests) build names here, never from string literals.
+
+Keras's own per-epoch log keys (`val_auc`, what its callbacks monitor) are listed here too. Tags
+and artifact paths follow at the end: a run's, a sweep parent's, a registered version's.
+
+Before this scheme, names were flat (`val_auc_mean`, `val_auc_Atelectasis`): `legacy` gives a new
+name's old spelling, so registered versions tagged the old way still rank, and `check_spelling`
+turns an old name given in a config into an error that names the new one.
+"""
+
+from __future__ import annotations
+
+from cxr.data.labels import NIH_PATHOLOGIES
+from cxr.runtime.errors import CxrError
+
+SEP = "/"
+TRAIN, VAL, TEST = "train", "val", "test"
+
+# per-disease columns of the evaluation table that are logged as metrics, <split>/<column>/<disease>
+PER_DISEASE = ("auc", "auprc", "sensitivity", "specificity", "ppv", "npv")
+AUC_MEAN = "auc_mean"
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"  # suffixes of a statistic's interval bounds
+
+EPOCHS_TRAINED = "train/epochs_trained"
+PRUNED_AT_EPOCH = "train/pruned_at_epoch"
+# a sweep's parent run
+BEST_VALUE = "sweep/best_value"
+
+_KERAS_RENAMES = {"learning_rate": "lr"}  # Keras's per-epoch log keys whose MLflow name differs
+
+
+def split_metric(split: str, statistic: str) -> str:
+    """`val/auc_mean`, `test/auprc_mean_ci_low`: a split-level statistic."""
+    return f"{split}{SEP}{statistic}"
+
+
+def per_disease(split: str, column: str, disease: str) -> str:
+    """`val/auc/Atelectasis`: one disease's value of an evaluation-table column."""
+    return f"{split}{SEP}{column}{SEP}{disease}"
+
+
+def threshold(disease: str) -> str:
+    """`threshold/Hernia`: the validation-chosen operating threshold."""
+    return f"threshold{SEP}{disease}"
+
+
+def timing(phase: str) -> str:
+    """`time/fit_s`: wall seconds of a phase of a run."""
+    return f"time{SEP}{phase}_s"
+
+
+def trials(state: str) -> str:
+    """`sweep/trials_complete`: a sweep's trial count in one state."""
+    return f"sweep{SEP}trials_{state}"
+
+
+def from_keras(key: str) -> str:
+    """A Keras per-epoch log key as an MLflow name: `loss` -> `train/loss`, `val_auc` -> `val/auc`."""
+    split, name = (VAL, key[len("val_") :]) if key.startswith("val_") else (TRAIN, key)
+    return split_metric(split, _KERAS_RENAMES.get(name, name))
+
+
+def to_keras(name: str) -> str:
+    """The Keras log key of a per-epoch MLflow name (`val/auc` -> `val_auc`), what Keras callbacks see."""
+    split, _, metric = name.partition(SEP)
+    metric = {v: k for k, v in _KERAS_RENAMES.items()}.get(metric, metric)
+    return metric if split == TRAIN else f"{split}_{metric}"
+
+
+RANK = split_metric(VAL, AUC_MEAN)  # what ranking, ensembling and promotion compare by default
+OPTIMIZED = RANK  # what cxr.train returns to a sweep by default
+MONITOR = from_keras("val_auc")  # what a sweep trial reports each epoch by default
+
+
+def interval(name: str) -> tuple[str, str]:
+    """The names of a statistic's interval bounds: `val/auc_mean_ci_low`, `val/auc_mean_ci_high`."""
+    return name + CI_LOW, name + CI_HIGH
+
+
+def legacy(name: str) -> str:
+    """A name's spelling before the `/` scheme (`val/auc_mean` -> `val_auc_mean`)."""
+    return name.replace(SEP, "_")
+
+
+def check_spelling(name: str, key: str) -> None:
+    """A metric name given in a config (`key`) is in the `/` scheme, or an error names the new one."""
+    if SEP not in name:
+        split, _, rest = name.partition("_")
+        disease = next((d for d in NIH_PATHOLOGIES if rest.endswith(f"_{d}")), None)
+        if disease:
+            rest = rest[: -len(disease) - 1] + SEP + disease
+        raise CxrError(
+            f"{key}={name!r}: metric names are now grouped with '/'; write {split}{SEP}{rest} "
+            "(README, 'Metric names', lists them)"
+        )
+
+
+def check_validation(name: str, key: str, why: str) -> None:
+    """A metric chosen for selecting anything must be a validation one (`why` says what would leak)."""
+    check_spelling(name, key)
+    if not name.startswith(VAL + SEP):
+        raise CxrError(f"{key}={name!r}: choose a validation metric ({RANK}, val/auprc_mean, ...); {why}")
+
+
+# ---------------------------------------------------------------- Keras per-epoch log keys
+# mean over findings with both classes present (cxr.training.metrics.PresentLabelsAUC)
+AUC = "auc"
+RECALL = "recall"
+PRECISION = "precision"
+SPECIFICITY = "specificity"
+NPV = "npv"
+F1_MICRO = "f1_micro"
+HAMMING_LOSS = "hamming_loss"
+EPOCH_METRICS = (AUC, RECALL, PRECISION, SPECIFICITY, NPV, F1_MICRO, HAMMING_LOSS)
+
+LOSS = "loss"
+LEARNING_RATE = "learning_rate"  # in Keras's logs while reduce_lr is on
+VALIDATION_PREFIX = "val_"
+
+
+def epoch_log_names() -> tuple[str, ...]:
+    """Every key of Keras's per-epoch logs that a callback or the pruner may monitor."""
+    train = (LOSS, *EPOCH_METRICS)
+    return (*train, *(VALIDATION_PREFIX + n for n in train), LEARNING_RATE)
+
+
+# data diagnostics (cxr.data.counts): artifact and run tags
+COUNTS_ARTIFACT = "data/counts.csv"
+FEW_POSITIVES_TAG = "cxr.few_positives"  # `Hernia: 0 in val; Edema: 1 in train`
+UNDEFINED_TAG = "cxr.undefined"  # `Hernia: no validation positives; Mass: no test positives`
+
+
+# ---------------------------------------------------------------- run tags
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+ERROR_TAG = "cxr.error"  # a failed run's exception, masked and cut
+KILLED_TAG = "cxr.killed_reason"  # why a run ended KILLED: Ctrl-C, or its process found dead
+HOST_TAG, PID_TAG, SEEN_TAG = "cxr.host", "cxr.pid", "cxr.last_seen"  # who owns a running run, last beat
+STUDY_TAG = "optuna.study_name"  # on a sweep trial's run, its parent and its registered versions
+TRIAL_TAG = "optuna.trial_number"
+STATE_TAG = "optuna.state"  # a trial's run: COMPLETE, PRUNED or FAIL
+MODEL_SKIPPED_TAG = "cxr.model_skipped"  # why a sweep trial's run has no logged model
+REEVALUATED_TAG = "cxr.reevaluated_with"  # the model URI `cxr.evaluate` scored again
+MEMBERS_TAG = "cxr.members"  # an ensemble's run: its member versions ("3,1,4")
+
+# ---------------------------------------------------------------- a sweep's parent run
+SWEEP_TAG = "cxr.sweep"  # "true" on every parent run
+SWEEP_KIND_TAG = "cxr.sweep.kind"  # "grid" for a Hydra basic-sweeper multirun
+STORAGE_TAG = "optuna.storage"  # masked
+OVERRIDES_TAG = "hydra.overrides"  # masked
+NOTE_TAG = "cxr.note"
+BEST_TRIAL_TAG, BEST_RUN_TAG, BEST_PARAM_PREFIX = "best_trial", "best_run_id", "best."
+SUMMARY_ARTIFACT = "summary.csv"
+SELECTION_TAG = "cxr.selection_within_noise"  # true when the best and runner-up validation intervals overlap
+
+# ---------------------------------------------------------------- registered model versions
+CHAMPION = "champion"  # the alias promotion moves (`models:/NAME@champion`)
+MODEL_KIND_TAG = "cxr.kind"  # single | ensemble (also on an ensemble's run)
+SPLIT_DIGEST_TAG = "split_digest"  # the fingerprint of who is in which split (also on runs' dataset inputs)
+IMAGE_SIZE_TAG = "image_size"
+RUN_TAG = "run_id"
+EXPERIMENT_TAG = "experiment"
+MEMBERS_VERSION_TAG = "members"  # an ensemble's version: NAME/VERSION of each member
+RUN_NAME_TAG = "run_name"  # also the version's description, so the UI's version list says what each is
+
+# ---------------------------------------------------------------- artifacts of a run
+CONFIG_ARTIFACT = "config.yaml"  # the resolved config, passwords masked
+SPLIT_ARTIFACT = "split.csv"  # who is in which split
+HISTORY_ARTIFACT = "history.csv"  # Keras's per-epoch logs
+THRESHOLDS_ARTIFACT = "evaluation/thresholds.json"
+
+
+def per_disease_table(split: str, what: str = "per_disease") -> str:
+    """`evaluation/<split>_per_disease.csv` (an ensemble's members: `what="members_per_disease"`)."""
+    return f"evaluation/{split}_{what}.csv"

@@ -1,0 +1,37 @@
+"""Optimizer registry for `trainer.optimizer.name`.
+
+Keras is imported when an optimizer is built, not with the registry, so config validation can list
+the names in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from cxr.runtime.builders import Builders
+
+OPTIMIZERS: Builders = Builders("optimizer")
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(cfg):
+    import keras
+
+    return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(cfg):
+    import keras
+
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(cfg):
+    import keras
+
+    return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=0.9, nesterov=True)
+
+
+def build_optimizer(cfg):
+    """The configured `keras.optimizers.Optimizer`."""
+    return OPTIMIZERS.get(cfg.name)(cfg)
