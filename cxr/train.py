@@ -56,6 +56,11 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
     In a grid multirun the run is a child of the grid's parent run (`parent_run_id`).
     """
+    check_training(cfg)  # every value, before any data is read or model built
+    check_optimized_metric(cfg.optimized_metric)
+    from cxr.tracking import runs as tracking  # MLflow: the store's check before the heavy imports
+
+    tracking.check_store(cfg.tracking)  # a read-only store fails now, not after the data is prepared
     # heavy (TensorFlow, MLflow, Optuna): imported once the config has passed, so --help, --cfg and a
     # bad value answer at once
     import mlflow
@@ -66,14 +71,10 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     from cxr.serving.inference import predict_splits
     from cxr.serving.registration import log_trained_model
     from cxr.sweep.reporter import open_reporter
-    from cxr.tracking import runs as tracking
     from cxr.tracking.dataset_inputs import log_counts, log_dataset_inputs
     from cxr.training import backend
     from cxr.training.fit import fail_on_nan_loss, fit
 
-    check_training(cfg)  # every value, before any data is read or model built
-    tracking.check_store(cfg.tracking)  # a read-only store fails now, not after the data is prepared
-    check_optimized_metric(cfg.optimized_metric)
     started = time.perf_counter()
     reporter = open_reporter(cfg.optuna)
     output_dir = Path(cfg.output_dir)

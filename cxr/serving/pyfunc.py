@@ -138,7 +138,7 @@ def load_keras(path: str):
         raise CxrError(
             f"{path} was refused by Keras's safe mode: it holds Python code (a Lambda layer's function), "
             "which loading would run. Rebuild the model with registered Layer subclasses instead of Lambda "
-            "(README: Extending cxr); only for a file you trust, load it yourself with "
+            "(docs/extending.md); only for a file you trust, load it yourself with "
             "keras.saving.load_model(path, safe_mode=False)"
         ) from None
 

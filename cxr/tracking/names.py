@@ -96,7 +96,7 @@ def check_spelling(name: str, key: str) -> None:
             rest = rest[: -len(disease) - 1] + SEP + disease
         raise CxrError(
             f"{key}={name!r}: metric names are now grouped with '/'; write {split}{SEP}{rest} "
-            "(README, 'Metric names', lists them)"
+            "(docs/evaluation.md, 'Metric names', lists them)"
         )
 
 
