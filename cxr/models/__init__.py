@@ -1,4 +1,8 @@
-"""Model registry: `model.name` (or `model._target_`, a builder in your own code) picks a builder that
+"""The networks: `MODELS` (the builders by name), the layers they share, and `build_model`.
+
+It imports only `cxr.runtime` (and config schemas as type hints): no MLflow, no training.
+
+`model.name` (or `model._target_`, a builder in your own code) picks a builder that
 maps the preprocessed image tensor to 14 outputs: `builder(cfg, x, num_classes) -> outputs`.
 
 Every model takes raw grey images, (N, size, size, 1) uint8: training-time augmentation (when asked
