@@ -1,7 +1,11 @@
-"""Typed schemas for every config group, registered with Hydra's ConfigStore, and where conf/ is.
+"""Typed schemas for every config group, registered with Hydra's ConfigStore, where conf/ is, and the
+value checks every command runs before it reads data or builds a model.
 
 Each YAML option under conf/ names its schema in its defaults list, so a misspelt key or a value
-of the wrong type fails while Hydra composes the config, before anything heavy is imported.
+of the wrong type fails while Hydra composes the config, before anything heavy is imported. The value
+checks compare names against the departments' registries (optimizers, split methods, threshold
+methods, metric names), so config sits above evaluation, serving, training, tracking and data in the
+import layers; those departments use the schemas as type hints only.
 """
 
 from __future__ import annotations
@@ -13,8 +17,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cxr.data.splits import SPLIT_METHODS, valid_fractions
+from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
 from cxr.tracking import names as metric_names
+from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
+from cxr.training.backend import check_trainer
+from cxr.training.optimizers import OPTIMIZERS
 
 
 # ---------------------------------------------------------------- dataset
@@ -352,7 +361,7 @@ class PromoteConfig:
     model_name: str = MISSING
     version: int | None = None  # null: show the champion and the top candidates, change nothing
     force: bool = False  # promote even if the version does not beat the current champion
-    alias: str = "champion"
+    alias: str = metric_names.CHAMPION
     metric: str = metric_names.RANK  # the validation metric versions are compared by: val/auc_mean
     top: int = 10  # how many candidates the table shows
     tracking: TrackingConfig = MISSING
@@ -391,17 +400,16 @@ def _choice(key: str, value: Any, choices) -> None:
 
 def min_image_size(model: DictConfig) -> int:
     """The model option's declared minimum input side: its schema's, or a custom option's own
-    `min_image_size` key (1 when it declares none)."""
+    `min_image_size` key (1 when it declares none). `DictConfig`: a ModelConfig or a `schema_custom`
+    option, told apart by the node's type."""
     schema = OmegaConf.get_type(model)
     if isinstance(schema, type) and issubclass(schema, ModelConfig):
         return OmegaConf.to_object(model).min_image_size()
     return int(model.get("min_image_size", 1))
 
 
-def check_evaluation(cfg: DictConfig) -> None:
+def check_evaluation(cfg: EvaluationConfig) -> None:
     """The `evaluation` group: threshold method, thresholds, bootstrap and batch size."""
-    from cxr.evaluation.scoring import THRESHOLD_METHODS
-
     _choice("evaluation.threshold_method", cfg.threshold_method, list(THRESHOLD_METHODS))
     _require(0.0 <= cfg.threshold <= 1.0, "evaluation.threshold", cfg.threshold, "give a probability, 0 to 1")
     b = cfg.bootstrap
@@ -412,20 +420,16 @@ def check_evaluation(cfg: DictConfig) -> None:
 
 def check_monitor(key: str, name: str) -> None:
     """A monitored name must be logged each epoch (Keras only warns, then never stops or saves)."""
-    from cxr.tracking.names import epoch_log_names
-
     _choice(key, name, epoch_log_names())
 
 
 def check_sweep_monitor(key: str, name: str) -> None:
     """What a sweep's trials report each epoch: a per-epoch metric, in MLflow's names (`val/auc`)."""
-    from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
-
     check_spelling(name, key)
     _choice(key, name, tuple(from_keras(n) for n in epoch_log_names()))
 
 
-def check_callbacks(cfg: DictConfig) -> None:
+def check_callbacks(cfg: CallbacksConfig) -> None:
     for key in ("early_stopping", "reduce_lr", "checkpoint"):
         node = cfg[key]
         if node.enabled:
@@ -436,10 +440,8 @@ def check_callbacks(cfg: DictConfig) -> None:
         _require(patience >= 0, f"callbacks.{key}.patience", patience, "give 0 or more epochs")
 
 
-def check_dataset(d: DictConfig) -> None:
+def check_dataset(d: DatasetConfig) -> None:
     """The `dataset` group, before any image is generated or read (`cxr.train`, `cxr.prepare`)."""
-    from cxr.data.splits import SPLIT_METHODS, valid_fractions
-
     _require(_positive_int(d.image_size), "dataset.image_size", d.image_size, "give 1 or more pixels a side")
     _choice("dataset.split", d.split, list(SPLIT_METHODS))
     _require(0.0 < d.val_fraction < 1.0, "dataset.val_fraction", d.val_fraction, "give a share in (0, 1)")
@@ -458,17 +460,14 @@ def check_dataset(d: DictConfig) -> None:
             _require(_positive_int(value), f"dataset.generator.{key}", value, "give 1 or more")
 
 
-def check_predict(cfg: DictConfig) -> None:
+def check_predict(cfg: PredictConfig) -> None:
     """`cxr.predict`'s own values, before the model is loaded or an image read."""
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
 
 
-def check_training(cfg: DictConfig) -> None:
+def check_training(cfg: Config) -> None:
     """Every value of a training config, before any data is read or model built: one CxrError naming
     the key, the value and what to give instead. Hydra has already checked types and key names."""
-    from cxr.training.backend import check_trainer
-    from cxr.training.optimizers import OPTIMIZERS
-
     t, d = cfg.trainer, cfg.dataset
     _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "give 1 or more epochs")
     _require(_positive_int(t.batch_size), "trainer.batch_size", t.batch_size, "give 1 or more images")

@@ -10,19 +10,17 @@ from __future__ import annotations
 import time
 
 import hydra
-from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, check_dataset, register_configs
+from cxr.config import CONF_DIR, Config, check_dataset, register_configs
+from cxr.data.prepared import load_prepared
 from cxr.runtime.console import announce, log
 from cxr.runtime.errors import exit_on_user_error, run_command
 
 register_configs()
 
 
-def run(cfg: DictConfig) -> int:
+def run(cfg: Config) -> int:
     """Prepare the cache; returns how many images could not be read."""
-    from cxr.data.prepared import load_prepared
-
     check_dataset(cfg.dataset)  # before any image is generated or read
     start = time.perf_counter()
     data = load_prepared(cfg.dataset, warn=False)
@@ -41,7 +39,7 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: Config) -> None:
     announce("prepare", cfg)
     run(cfg)
 

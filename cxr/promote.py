@@ -9,23 +9,25 @@ and the top candidates. Single models and ensembles are promoted alike.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig
 
-from cxr.config import CONF_DIR, register_configs
+from cxr.config import CONF_DIR, PromoteConfig, register_configs
 from cxr.runtime.console import announce
 from cxr.runtime.errors import CxrError, exit_on_user_error, run_command
 from cxr.tracking import names as metric_names
+from cxr.tracking import versions as model_registry
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 register_configs()
 
 
-def candidates_table(candidates, metric: str) -> pd.DataFrame:
+def candidates_table(candidates: list[model_registry.Candidate], metric: str) -> pd.DataFrame:
     """One row per version: rank, kind, the metric with its interval, aliases, study/trial, run."""
-    from cxr.tracking import versions as mr
-
     rows = []
     for rank, c in enumerate(candidates, start=1):
         low, high = (c.tags.get(bound) for bound in metric_names.interval(metric))
@@ -41,7 +43,7 @@ def candidates_table(candidates, metric: str) -> pd.DataFrame:
                 "version": c.version,
                 "kind": c.tags.get(metric_names.MODEL_KIND_TAG, ""),
                 metric: f"{c.score:.4f}",
-                "95% CI" if metric == mr.RANK_METRIC else "CI": interval,
+                "95% CI" if metric == model_registry.RANK_METRIC else "CI": interval,
                 "aliases": ",".join(c.aliases),
                 "trial": trial,
                 "run_id": c.run_id,
@@ -50,9 +52,7 @@ def candidates_table(candidates, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("rank")
 
 
-def show(client, cfg: DictConfig) -> None:
-    from cxr.tracking import versions as model_registry
-
+def show(client: MlflowClient, cfg: PromoteConfig) -> None:
     ranked = model_registry.ranked_versions(client, cfg.model_name, metric=cfg.metric)
     champion = model_registry.get_candidate(client, cfg.model_name, alias=cfg.alias, metric=cfg.metric)
     if champion is None:
@@ -66,10 +66,8 @@ def show(client, cfg: DictConfig) -> None:
     print(candidates_table(ranked[: cfg.top], cfg.metric).to_string())
 
 
-def promote(client, cfg: DictConfig) -> str:
+def promote(client: MlflowClient, cfg: PromoteConfig) -> str:
     """Move the alias to `cfg.version` if it beats the holder; returns what happened, in one line."""
-    from cxr.tracking import versions as model_registry
-
     version = str(cfg.version)
     challenger = model_registry.get_candidate(client, cfg.model_name, version=version, metric=cfg.metric)
     holder = model_registry.get_candidate(client, cfg.model_name, alias=cfg.alias, metric=cfg.metric)
@@ -98,8 +96,8 @@ def promote(client, cfg: DictConfig) -> str:
     return f"{cfg.model_name}@{cfg.alias} -> version {version}{replaced} ({reason})"
 
 
-def run(cfg: DictConfig) -> None:
-    from mlflow.tracking import MlflowClient
+def run(cfg: PromoteConfig) -> None:
+    from mlflow.tracking import MlflowClient  # heavy: MLflow, after Hydra has composed the config
 
     metric_names.check_validation(cfg.metric, "metric", "compare versions on validation, never on test")
     client = MlflowClient(cfg.tracking.uri)
@@ -113,7 +111,7 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="promote")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: PromoteConfig) -> None:
     announce("promote", cfg)
     run(cfg)
 

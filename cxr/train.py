@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import pandas as pd
@@ -14,10 +15,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from cxr.config import CONF_DIR, Config, check_training, register_configs
+from cxr.data.prepared import PreparedData, load_prepared
+from cxr.data.splits import write_split_csv
 from cxr.runtime.console import announce, dataset_words, log
 from cxr.runtime.errors import CxrError, exit_on_user_error, run_command
 from cxr.runtime.masking import mask
+from cxr.sweep.grid import parent_run_id
 from cxr.tracking import names as mn
+from cxr.training import backend
+
+if TYPE_CHECKING:
+    from cxr.evaluation.report import Evaluation
+    from cxr.sweep.reporter import TrialReporter
 
 register_configs()
 
@@ -29,16 +38,16 @@ def check_optimized_metric(name: str) -> None:
     )
 
 
-def _stop_if_pruned(reporter) -> None:
+def _stop_if_pruned(reporter: TrialReporter | None) -> None:
     if reporter is not None and reporter.pruned_at is not None:
         import mlflow  # heavy: loaded with the rest of the run, after the config's checks
-        import optuna
+        import optuna  # heavy: only a sweep's trial is pruned
 
         mlflow.log_metric(mn.PRUNED_AT_EPOCH, reporter.pruned_at)
         raise optuna.TrialPruned(f"trial {reporter.number} pruned after epoch {reporter.pruned_at + 1}")
 
 
-def _objective(evaluation, name: str) -> float:
+def _objective(evaluation: Evaluation, name: str) -> float:
     if name not in evaluation.metrics:
         prefix = mn.split_metric(mn.VAL, "")
         known = sorted(k for k in evaluation.metrics if k.startswith(prefix) and k.count(mn.SEP) == 1)
@@ -61,18 +70,15 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     from cxr.tracking import runs as tracking  # MLflow: the store's check before the heavy imports
 
     tracking.check_store(cfg.tracking)  # a read-only store fails now, not after the data is prepared
-    # heavy (TensorFlow, MLflow, Optuna): imported once the config has passed, so --help, --cfg and a
-    # bad value answer at once
+    # heavy (Keras and its backend, MLflow, matplotlib), each of the imports below: imported once the
+    # config has passed, so --help, --cfg and a bad value answer at once
     import mlflow
 
-    from cxr.data.prepared import load_prepared
-    from cxr.data.splits import write_split_csv
     from cxr.evaluation.report import evaluate_predictions, log_evaluation
     from cxr.serving.inference import predict_splits
     from cxr.serving.registration import log_trained_model
     from cxr.sweep.reporter import open_reporter
     from cxr.tracking.dataset_inputs import log_counts, log_dataset_inputs
-    from cxr.training import backend
     from cxr.training.fit import fail_on_nan_loss, fit
 
     started = time.perf_counter()
@@ -120,7 +126,7 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     return objective
 
 
-def _train_as_worker(cfg: Config, data) -> float:
+def _train_as_worker(cfg: Config, data: PreparedData) -> float:
     """A non-chief worker of a multi-worker training (TF_CONFIG): it trains its share of every batch and
     logs nothing, so the store holds one run, the chief's; returns NaN (it has no evaluation)."""
     from cxr.training.fit import fit  # heavy: Keras and the backend
@@ -133,7 +139,7 @@ def _train_as_worker(cfg: Config, data) -> float:
 
 def _print_summary(cfg: Config, run_id: str, metrics: dict[str, float]) -> None:
     from cxr.evaluation.report import validation_and_test_line  # heavy: loaded after training anyway
-    from cxr.tracking import runs as tracking
+    from cxr.tracking import runs as tracking  # heavy: MLflow, loaded after training anyway
 
     experiment, data = cfg.tracking.experiment_name, dataset_words(cfg.dataset)
     log.info(f"MLflow run {run_id} (experiment {experiment!r}, store {mask(cfg.tracking.uri)}), on {data}")
@@ -146,8 +152,6 @@ def main(cfg: Config) -> float:
     announce("train", cfg)
     overrides = list(HydraConfig.get().overrides.task)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        from cxr.sweep.grid import parent_run_id  # MLflow: only a grid multirun's jobs need it
-
         parent = parent_run_id(HydraConfig.get().sweep.dir)  # a grid's; an Optuna trial's is cfg.optuna's
         return train(cfg, overrides, parent)  # errors go to the sweeper, which records the job as failed
     return exit_on_user_error(train)(cfg, overrides)

@@ -223,7 +223,7 @@ def fill(
     """(Re-)read into `where` every row whose file's `stats` differ from those it was read with.
 
     Call under `build_lock`. Returns how many rows were read."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # only while building: bench/train_throughput imports this module without tqdm
 
     images, records, failures = _open_rows(where, len(paths), size, create)
     todo = [(int(i), paths[i], size) for i in np.flatnonzero((records[:, :2] != stats).any(axis=1))]

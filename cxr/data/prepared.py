@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from cxr.data.cache import PreparedImages, prepare_images
 from cxr.data.datasets import load_table
 from cxr.data.splits import SPLIT_NAMES, apply_split
 from cxr.runtime.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxr.config import DatasetConfig  # a type only: config sits above data
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ def usable_rows(table: pd.DataFrame, failures: dict[int, str]) -> dict[str, np.n
     return rows
 
 
-def relocated(dataset_cfg, root: str | None = None, cache_dir: str | None = None):
+def relocated(
+    dataset_cfg: DatasetConfig, root: str | None = None, cache_dir: str | None = None
+) -> DatasetConfig:
     """A logged run's dataset config, pointed at where its images and cache are now (if they moved)."""
     if root:
         dataset_cfg.root = root
@@ -58,7 +64,10 @@ def relocated(dataset_cfg, root: str | None = None, cache_dir: str | None = None
 
 
 def load_prepared(
-    cfg, logged_split: pd.DataFrame | None = None, split_source: str = "", warn: bool = True
+    cfg: DatasetConfig,
+    logged_split: pd.DataFrame | None = None,
+    split_source: str = "",
+    warn: bool = True,
 ) -> PreparedData:
     """The dataset `cfg` (the `dataset` config group) describes, with its cache built on first use.
 

@@ -11,16 +11,21 @@ absent from validation has no threshold).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from cxr.runtime.errors import CxrError
 from cxr.runtime.builders import Builders
+
+if TYPE_CHECKING:
+    from cxr.config import DatasetConfig  # a type only: config sits above data
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}  # in words, as messages say them
@@ -129,7 +134,11 @@ def _warn_unlisted(meta: pd.DataFrame, train_val: list[str], test: list[str]) ->
 
 @SPLIT_METHODS.register("official")
 def official_split(
-    meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
+    meta: pd.DataFrame,
+    pathologies: Sequence[str],
+    train_val: list[str],
+    test: list[str],
+    cfg: DatasetConfig,
 ) -> pd.Series:
     """The NIH test list is the test set; validation patients are carved out of train_val, stratified."""
     _check_known(train_val, meta["image_id"], "train_val_list.txt")
@@ -150,7 +159,11 @@ def official_split(
 
 @SPLIT_METHODS.register("random")
 def random_split(
-    meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
+    meta: pd.DataFrame,
+    pathologies: Sequence[str],
+    train_val: list[str],
+    test: list[str],
+    cfg: DatasetConfig,
 ) -> pd.Series:
     """The 2025 study's 90/5/5 (or `dataset.split_fractions`), patient-level and stratified."""
     part = stratify_patients(meta, pathologies, cfg.split_fractions, cfg.split_seed)
@@ -158,7 +171,11 @@ def random_split(
 
 
 def assign(
-    meta: pd.DataFrame, pathologies: Sequence[str], train_val: list[str], test: list[str], cfg
+    meta: pd.DataFrame,
+    pathologies: Sequence[str],
+    train_val: list[str],
+    test: list[str],
+    cfg: DatasetConfig,
 ) -> pd.Series:
     """The split column for `meta` as configured; errors if a split ends empty."""
     split = SPLIT_METHODS.get(cfg.split)(meta, pathologies, train_val, test, cfg)
@@ -219,8 +236,6 @@ def apply_split(table: pd.DataFrame, logged: pd.DataFrame, source: str) -> pd.Da
 
 def split_digest(table: pd.DataFrame) -> str:
     """A short fingerprint of who is in which split: models scored on different splits differ here."""
-    import hashlib
-
     pairs = table[["image_id", "split"]].astype(str).sort_values("image_id")
     text = "\n".join(pairs["image_id"] + "," + pairs["split"])
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -9,18 +9,18 @@ Because the output is the NIH layout, it goes through the same reader as the rea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
 from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE, NO_FINDING
 
@@ -135,7 +135,7 @@ class _Canvas:
         return np.exp(-(((self.x - cx) ** 2 + (self.y - cy) ** 2) / (2 * sigma**2)))
 
     def texture(self, sigma_px: float) -> np.ndarray:
-        from scipy.ndimage import gaussian_filter
+        from scipy.ndimage import gaussian_filter  # scipy only to generate a set, as above
 
         t = gaussian_filter(self.rng.standard_normal((self.n, self.n)), sigma_px)
         return t / (t.std() + 1e-9)
@@ -244,8 +244,6 @@ def write_dataset(cfg: SyntheticGeneratorConfig, folder: Path) -> None:
     meta, labels = sample_metadata(cfg)
     images = folder / "images"
     images.mkdir(parents=True)
-    from tqdm import tqdm
-
     for i, (name, row) in enumerate(
         tqdm(zip(meta["Image Index"], labels, strict=True), total=len(meta), desc="synthetic images", unit="img")
     ):

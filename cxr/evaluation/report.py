@@ -11,17 +11,24 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from cxr.data.counts import undefined_reason
 from cxr.data.splits import SPLIT_TITLES
+from cxr.evaluation import plots as figures
 from cxr.evaluation.scoring import choose_thresholds, evaluate_split, operating_points
 from cxr.runtime.errors import CxrError
 from cxr.serving.inference import Predictions
 from cxr.tracking import names as mn
 from cxr.tracking.names import THRESHOLDS_ARTIFACT, UNDEFINED_TAG, per_disease_table
+
+if TYPE_CHECKING:
+    from cxr.config import EvaluationConfig  # a type only: config sits above evaluation
 
 THRESHOLD_SPLIT = "val"
 
@@ -51,7 +58,9 @@ def split_metrics(split: str, table: pd.DataFrame, summary: dict[str, float]) ->
     return metrics
 
 
-def evaluate_predictions(predictions: dict[str, Predictions], cfg, pathologies: Sequence[str]) -> Evaluation:
+def evaluate_predictions(
+    predictions: dict[str, Predictions], cfg: EvaluationConfig, pathologies: Sequence[str]
+) -> Evaluation:
     """Score every split in `predictions` (which must hold val, where thresholds are chosen)."""
     if THRESHOLD_SPLIT not in predictions:
         raise CxrError("operating thresholds are chosen on the validation split, and it was not evaluated")
@@ -108,34 +117,29 @@ def _notes(reasons: dict[str, dict[str, str | None]], split: str, disease: str, 
     return out
 
 
-def _log_figure(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-    import mlflow
-
+def _log_figure(fig: Figure, path: str) -> None:
     mlflow.log_figure(fig, path)
-    plt.close(fig)
+    figures.plt.close(fig)  # pyplot as `plots` set it up (the Agg backend)
 
 
 def _log_plots(evaluation: Evaluation, history: pd.DataFrame | None) -> None:
-    from cxr.evaluation import plots
-
     names = evaluation.pathologies
     for split, p in evaluation.predictions.items():
         title = SPLIT_TITLES.get(split, split)
         _log_figure(
-            plots.roc_figure(p.labels, p.scores, names, f"ROC, {title} set"), f"plots/roc_{split}.png"
+            figures.roc_figure(p.labels, p.scores, names, f"ROC, {title} set"), f"plots/roc_{split}.png"
         )
         _log_figure(
-            plots.precision_recall_figure(p.labels, p.scores, names, f"Precision-recall, {title} set"),
+            figures.precision_recall_figure(p.labels, p.scores, names, f"Precision-recall, {title} set"),
             f"plots/precision_recall_{split}.png",
         )
         counts = evaluation.tables[split][["tp", "fp", "tn", "fn"]]  # no threshold: nothing called positive
         _log_figure(
-            plots.confusion_figure(counts, f"Confusion at validation-chosen thresholds, {title} set"),
+            figures.confusion_figure(counts, f"Confusion at validation-chosen thresholds, {title} set"),
             f"plots/confusion_{split}.png",
         )
     if history is not None and len(history):
-        _log_figure(plots.history_figure(history), "plots/history.png")
+        _log_figure(figures.history_figure(history), "plots/history.png")
 
 
 def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | None = None) -> None:
@@ -143,8 +147,6 @@ def log_evaluation(evaluation: Evaluation, plots: bool, history: pd.DataFrame | 
 
     Each per-disease table is logged twice: as CSV, and with `mlflow.log_table` (one JSON table per
     split, a `disease` column) so the UI's artifact view lines it up across runs."""
-    import mlflow
-
     mlflow.log_text(json.dumps(evaluation.thresholds, indent=2), THRESHOLDS_ARTIFACT)
     if evaluation.undefined:
         mlflow.set_tag(UNDEFINED_TAG, "; ".join(f"{d}: {r}" for d, r in evaluation.undefined.items()))

@@ -202,7 +202,7 @@ def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
 @THRESHOLD_METHODS.register("f1")
 def f1_threshold(y: np.ndarray, s: np.ndarray) -> float:
     """Maximises F1 of the positive class."""
-    from sklearn.metrics import precision_recall_curve
+    from sklearn.metrics import precision_recall_curve  # here, not at the top: as above
 
     precision, recall, thresholds = precision_recall_curve(y, s)
     with np.errstate(invalid="ignore", divide="ignore"):

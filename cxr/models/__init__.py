@@ -11,6 +11,8 @@ for), then GreyToImageNet, then the builder's layers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 
 from cxr.models import densenet as _densenet  # noqa: F401  (each module registers its builders)
@@ -18,9 +20,17 @@ from cxr.models import small_cnn as _small_cnn  # noqa: F401
 from cxr.models.builders import MODELS
 from cxr.models.layers import GreyToImageNet, augmentation
 
+if TYPE_CHECKING:  # types only: config sits above models
+    from cxr.config import AugmentConfig, ModelConfig
 
-def build_model(cfg, image_size: int, num_classes: int, augment=None) -> keras.Model:
+
+def build_model(
+    cfg: ModelConfig, image_size: int, num_classes: int, augment: AugmentConfig | None = None
+) -> keras.Model:
     """The model `cfg` (a model config option) picks, for (image_size, image_size, 1) uint8 input.
+
+    `cfg` is typed by the base schema, `ModelConfig`: the option may be any model's schema, or a user's
+    `schema_custom` option (`_target_`), which has no dataclass.
 
     `augment` (an AugmentConfig, e.g. `cfg.dataset.augment`) adds its random transforms as the
     model's `augment` block, between the input and the preprocessing: active in training only

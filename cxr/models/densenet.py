@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 from keras import layers
@@ -10,6 +11,9 @@ from keras import layers
 from cxr.models.builders import MODELS
 from cxr.models.cbam import CBAM
 from cxr.runtime.errors import CxrError
+
+if TYPE_CHECKING:  # types only: config sits above models
+    from cxr.config import DenseNet121CbamConfig, DenseNet121Config
 
 IMAGENET_CACHE = "~/.keras/models/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -69,7 +73,7 @@ def _freeze(backbone: keras.Model, frozen: str) -> None:
         layer.trainable = False
 
 
-def densenet121_features(cfg, x):
+def densenet121_features(cfg: DenseNet121Config, x: keras.KerasTensor) -> keras.KerasTensor:
     backbone = _load_backbone(cfg.weights, tuple(x.shape[1:]))
     _freeze(backbone, cfg.frozen)
     return backbone(x)
@@ -80,7 +84,7 @@ def _regulariser(l2: float):
 
 
 @MODELS.register("densenet121")
-def build_densenet121(cfg, x, num_classes: int):
+def build_densenet121(cfg: DenseNet121Config, x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
     """CheXNet: DenseNet121 features, global average pooling, one sigmoid per disease."""
     x = layers.GlobalAveragePooling2D(name="gap")(densenet121_features(cfg, x))
     if cfg.dropout:
@@ -89,7 +93,9 @@ def build_densenet121(cfg, x, num_classes: int):
 
 
 @MODELS.register("densenet121_cbam")
-def build_densenet121_cbam(cfg, x, num_classes: int):
+def build_densenet121_cbam(
+    cfg: DenseNet121CbamConfig, x: keras.KerasTensor, num_classes: int
+) -> keras.KerasTensor:
     """The 2025 study: CBAM on the final feature map, then a two-layer dense head with dropout."""
     x = CBAM(cfg.cbam.reduction, cfg.cbam.kernel_size, name="cbam")(densenet121_features(cfg, x))
     x = layers.GlobalAveragePooling2D(name="gap")(x)

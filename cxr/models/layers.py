@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 from keras import ops
+
+if TYPE_CHECKING:
+    from cxr.config import AugmentConfig  # a type only: config sits above models
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +45,7 @@ class ClipGrey(keras.layers.Layer):
         return input_shape
 
 
-def augmentation(cfg) -> keras.Sequential | None:
+def augmentation(cfg: AugmentConfig) -> keras.Sequential | None:
     """The configured random transforms (an AugmentConfig) as one block of Keras preprocessing
     layers over grey values in [0, 255], clipped back to that range; None when every transform is off.
 

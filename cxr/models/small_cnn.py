@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 from keras import layers
 
 from cxr.models.builders import MODELS
 
+if TYPE_CHECKING:
+    from cxr.config import SmallCnnConfig  # a type only: config sits above models
+
 
 @MODELS.register("small_cnn")
-def build_small_cnn(cfg, x, num_classes: int):
+def build_small_cnn(cfg: SmallCnnConfig, x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     for i, filters in enumerate(cfg.filters):
         x = layers.Conv2D(

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from cxr.runtime.errors import CxrError
+
+if TYPE_CHECKING:  # a type only: bench/train_throughput imports the registries without OmegaConf
+    from omegaconf import DictConfig
 
 T = TypeVar("T", bound=Callable)
 
@@ -39,8 +42,11 @@ class Builders(Generic[T]):
             known = ", ".join(sorted(self._entries))
             raise CxrError(f"unknown {self.kind} {name!r}; choose one of: {known}") from None
 
-    def for_option(self, cfg) -> T:
-        """The builder an option picks: its `_target_` if it has one, else the one registered by `name`."""
+    def for_option(self, cfg: DictConfig) -> T:
+        """The builder an option picks: its `_target_` if it has one, else the one registered by `name`.
+
+        `cfg` is any group's option (a model, a loss, ...), hence `DictConfig`: runtime sits below
+        `cxr.config` and knows none of its schemas."""
         # keys(): `in` says no for a `_target_` left unset (???), which must fail, not fall back to `name`
         if "_target_" not in cfg.keys():  # noqa: SIM118
             return self.get(cfg.name)

@@ -2,6 +2,9 @@
 
 Commands log to the `cxr` logger; Hydra's job logging (conf/hydra/job_logging/cxr.yaml) writes it
 plain to the console and timestamped to the job's log file (`<run dir>/<command>.log`).
+
+The helpers take `DictConfig`, not a schema of `cxr.config`: runtime sits below config, and `banner`
+takes any command's config (training, evaluate, ensemble, promote, predict).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ log = logging.getLogger("cxr")
 
 
 def dataset_words(dataset: DictConfig) -> str:
-    """`synthetic data (generated, not X-rays)` or `nih data at /data/nih`: what the run learns from."""
+    """`synthetic data (generated, not X-rays)` or `nih data at /data/nih`: what the run learns from.
+    `dataset` is a `dataset` node (a DatasetConfig)."""
     if dataset.name == "synthetic":
         return "synthetic data (generated, not X-rays; dataset=nih dataset.root=... for NIH)"
     return f"{dataset.name} data at {dataset.root}"
 
 
 def split_words(dataset: DictConfig) -> str:
+    """`official split (NIH test list, 10% validation)` or `random patient split 90/5/5 (seed 0)`."""
     if dataset.split == "official":
         return f"official split (NIH test list, {dataset.val_fraction:.0%} validation)"
     fractions = "/".join(f"{f:.0%}".rstrip("%") for f in dataset.split_fractions)
@@ -57,6 +62,7 @@ class BelowWarning(logging.Filter):
 
 
 def announce(command: str, cfg: DictConfig) -> None:
+    """Log `banner(command, cfg)`: what any command's config says it will do."""
     log.info(banner(command, cfg))
 
 

@@ -13,6 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+from cxr.runtime import interrupt
+from cxr.runtime.masking import mask
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -48,8 +51,6 @@ def exit_on_user_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CxrError as err:
-            from cxr.runtime.masking import mask
-
             print(f"cxr: error: {mask(str(err))}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
@@ -73,11 +74,11 @@ def run_command(main: Callable[[], object]) -> NoReturn:
     hands a config to the job (HydraConfig unset) and as Hydra's or OmegaConf's exception types. Ctrl-C
     while Hydra starts up is one line and exit 130. With HYDRA_FULL_ERROR=1 set by the user, Hydra's
     traceback is shown as Hydra would."""
+    # Hydra and OmegaConf, each of the imports below, only where a command runs: this module is on
+    # bench/train_throughput's import path, which has neither
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from cxr.runtime import interrupt
 
     interrupt.install()
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")

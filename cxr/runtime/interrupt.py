@@ -41,7 +41,7 @@ def raise_pending() -> None:
 def callback():
     """A Keras callback that re-raises a swallowed Ctrl-C after each training, validation or prediction
     batch (a few microseconds: one global read)."""
-    import keras
+    import keras  # heavy: every command installs the handler at start-up, only a fit or predict needs this
 
     class RaisePendingInterrupt(keras.callbacks.Callback):
         # reads one global: safe on Keras's batch-end worker thread, whose exception Keras raises in

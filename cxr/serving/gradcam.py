@@ -13,14 +13,19 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
+import matplotlib
 import numpy as np
 from keras import ops
 from PIL import Image, ImageDraw, ImageFont
 
 from cxr.data.images import read_grey, resize
 from cxr.runtime.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxr.serving.pyfunc import CxrModel
 
 BACKENDS = ("tensorflow", "jax", "torch")  # the Keras backends whose autodiff _gradients knows
 OVERLAY_ALPHA = 0.4  # share of the colour map in the blended overlay; the X-ray stays readable
@@ -121,14 +126,14 @@ def _gradients(split: _Split, images: np.ndarray, class_index: int) -> tuple[np.
         )
     features = split.body(images, training=False)
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # the running backend's autodiff: only that backend is installed
 
         with tf.GradientTape() as tape:
             tape.watch(features)
             total = ops.sum(split.score(split.head(features, training=False), class_index))
         grads = tape.gradient(total, features)
     elif backend == "jax":
-        import jax
+        import jax  # the running backend's autodiff, as above
 
         trainable = [v.value for v in split.head.trainable_variables]
         frozen = [v.value for v in split.head.non_trainable_variables]
@@ -139,7 +144,7 @@ def _gradients(split: _Split, images: np.ndarray, class_index: int) -> tuple[np.
 
         grads = jax.grad(total)(features)
     else:  # torch
-        import torch
+        import torch  # the running backend's autodiff, as above
 
         features = features.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -232,8 +237,6 @@ def overlay_png(
     Composed with NumPy and PIL rather than a matplotlib figure, so the PNG has exactly the
     image's pixels (no axes, margins or resampling) and can be laid over the original.
     """
-    import matplotlib
-
     image, heatmap = np.asarray(image), np.asarray(heatmap, dtype=np.float32)
     if image.ndim != 2 or image.dtype != np.uint8 or heatmap.shape != image.shape:
         raise ValueError(
@@ -259,7 +262,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def write_overlays(model, path: str, positives: list[str], folder: Path) -> list[Path]:
+def write_overlays(model: CxrModel, path: str, positives: list[str], folder: Path) -> list[Path]:
     """One Grad-CAM overlay per positive finding, averaged over the members, at the file's size."""
     image = read_grey(path)
     out = []

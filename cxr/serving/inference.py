@@ -10,12 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
+from omegaconf import OmegaConf
 
 from cxr.data.images import IMAGE_ERRORS, read_grey
+from cxr.data.pipeline import CacheBatches
 from cxr.data.prepared import PreparedData, load_prepared
+from cxr.runtime import interrupt
 from cxr.runtime.errors import CxrError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cxr.config import DatasetConfig  # a type only: config sits above serving
+    from cxr.serving.pyfunc import CxrModel
 
 
 @dataclass(frozen=True)
@@ -37,12 +48,9 @@ class FilePredictions:
 
 
 def predict_splits(
-    model, data: PreparedData, splits: Iterable[str], batch_size: int
+    model: keras.Model, data: PreparedData, splits: Iterable[str], batch_size: int
 ) -> dict[str, Predictions]:
     """Score the given splits of `data` in a fixed order, without augmentation."""
-    from cxr.data.pipeline import CacheBatches
-    from cxr.runtime import interrupt
-
     out = {}
     for split in dict.fromkeys(splits):
         rows = data.rows[split]
@@ -53,7 +61,12 @@ def predict_splits(
 
 
 def predict_members(
-    model, dataset_cfg, splits: Iterable[str], batch_size: int, logged_split=None, split_source: str = ""
+    model: CxrModel,
+    dataset_cfg: DatasetConfig,
+    splits: Iterable[str],
+    batch_size: int,
+    logged_split: pd.DataFrame | None = None,
+    split_source: str = "",
 ) -> tuple[list[dict[str, np.ndarray]], PreparedData]:
     """Each member of a cxr model (`cxr.serving.pyfunc.CxrModel`) scored on a dataset's splits.
 
@@ -61,8 +74,6 @@ def predict_members(
     of members trained at 224 and 320 px sees what each was trained on. Returns one {split: scores}
     per member and the data at the first member's size (rows align across sizes).
     """
-    from omegaconf import OmegaConf
-
     splits = list(dict.fromkeys(splits))
     first_size = model.spec.image_sizes[0]
     by_size: dict[int, PreparedData] = {}  # members at one size share the table and the cache
@@ -78,7 +89,9 @@ def predict_members(
     return per_member, by_size[first_size]
 
 
-def combined(model, member_scores: list[dict[str, np.ndarray]], data: PreparedData) -> dict[str, Predictions]:
+def combined(
+    model: CxrModel, member_scores: list[dict[str, np.ndarray]], data: PreparedData
+) -> dict[str, Predictions]:
     """The model's predictions per split from its members' scores (their weighted mean)."""
     return {
         s: Predictions(
@@ -91,7 +104,12 @@ def combined(model, member_scores: list[dict[str, np.ndarray]], data: PreparedDa
 
 
 def predict_model_splits(
-    model, dataset_cfg, splits: Iterable[str], batch_size: int, logged_split=None, split_source: str = ""
+    model: CxrModel,
+    dataset_cfg: DatasetConfig,
+    splits: Iterable[str],
+    batch_size: int,
+    logged_split: pd.DataFrame | None = None,
+    split_source: str = "",
 ) -> tuple[dict[str, Predictions], PreparedData]:
     """A cxr model (one member or several) scored on a dataset's splits: predict_members, combined."""
     member_scores, data = predict_members(model, dataset_cfg, splits, batch_size, logged_split, split_source)
@@ -103,7 +121,7 @@ def _batches(items: Sequence, size: int):
         yield items[start : start + size]
 
 
-def predict_files(model, paths: Sequence[str], batch_size: int = 32) -> FilePredictions:
+def predict_files(model: CxrModel, paths: Sequence[str], batch_size: int = 32) -> FilePredictions:
     """Score image files (PNG/JPEG of any size; 8/16-bit grey, RGB, RGBA) with a cxr model, in batches.
 
     `model` is a `cxr.serving.pyfunc.CxrModel`: each member sees the files resized to its own input size. A

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib
+import importlib.metadata as metadata
 import json
 import re
 import tempfile
@@ -25,12 +26,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
+import cxr.models  # noqa: F401  (these three register the custom classes the saved members refer to)
+import cxr.training.losses  # noqa: F401
+import cxr.training.metrics  # noqa: F401
 from cxr.data.images import IMAGE_ERRORS, read_grey, resize
 from cxr.runtime.errors import CxrError
+from cxr.tracking.naming import model_name
+from cxr.training.backend import backend_packages
 
 SPEC_FILE = "cxr_model.json"
 IMAGE_COLUMN = "image"
@@ -61,11 +71,6 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         return model
 
     def load_context(self, context) -> None:
-
-        import cxr.models  # noqa: F401
-        import cxr.training.losses  # noqa: F401  (registers the custom classes the saved members refer to)
-        import cxr.training.metrics  # noqa: F401
-
         self.spec = ModelSpec(**json.loads(Path(context.artifacts["spec"]).read_text()))
         for module in self.spec.imports:  # a model built by the user's own code (a `_target_` option)
             importlib.import_module(module)
@@ -128,8 +133,6 @@ def _decode(value, row: int) -> np.ndarray:
 def load_keras(path: str):
     """A saved Keras model, in Keras's safe mode: a file that holds Python code (a `Lambda` layer's
     function) is refused, as loading would run it, with a CxrError that says so and what to do."""
-    import keras
-
     try:
         return keras.saving.load_model(path, compile=False)
     except ValueError as err:
@@ -146,10 +149,6 @@ def load_keras(path: str):
 def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | None = None):
     """Log the members and their spec as one pyfunc model in the active run (and register it), named
     after the run (`cxr.tracking.naming.model_name`)."""
-    import keras
-
-    from cxr.tracking.naming import model_name
-
     run = mlflow.active_run()  # none: MLflow starts one, and the model keeps MLflow's default name
     name = model_name(run.info.run_name) if run is not None and run.info.run_name else "model"
 
@@ -161,37 +160,28 @@ def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | N
             path = folder / f"member_{i}.keras"
             member.save(path)
             artifacts[f"member_{i}"] = str(path)
-        from mlflow.models import ModelSignature
-        from mlflow.types import ColSpec, Schema
-
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # code, not a pickle
             artifacts=artifacts,
             signature=ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)])),
-            pip_requirements=_requirements(keras),
+            pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
         )
 
 
-def _requirements(keras) -> list[str]:
+def _requirements() -> list[str]:
     """Pinned, so MLflow does not spend seconds inferring them. cxr itself is not on PyPI: serve with
     `--env-manager local` from an environment where cxr is installed."""
-    import importlib.metadata as metadata
-
-    from cxr.training.backend import backend_packages
-
     pins = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
     for package in backend_packages(keras.backend.backend()):
         pins.append(f"{package}=={metadata.version(package)}")
     return pins
 
 
-def run_model_uri(run_id: str, client=None) -> str:
+def run_model_uri(run_id: str, client: MlflowClient | None = None) -> str:
     """`runs:/<id>/<name>` of the model that run `run_id` logged (cxr logs one per run; the newest if
     someone logged more)."""
-    from mlflow.tracking import MlflowClient
-
     client = client or MlflowClient()
     run = client.get_run(run_id)
     outputs = run.outputs.model_outputs if run.outputs else []
@@ -204,7 +194,7 @@ def run_model_uri(run_id: str, client=None) -> str:
     return f"runs:/{run_id}/{max(models, key=lambda m: m.creation_timestamp).name}"  # the newest
 
 
-def expand_uri(model_uri: str, client=None) -> str:
+def expand_uri(model_uri: str, client: MlflowClient | None = None) -> str:
     """`runs:/<id>` (the run's own model, whatever its name) as a full `runs:/<id>/<name>`; other URIs
     as they are."""
     short = re.fullmatch(r"runs:/([^/]+)/?", model_uri)

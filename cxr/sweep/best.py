@@ -11,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from cxr.config import Config, EvaluateConfig, EvaluationConfig, check_evaluation
 from cxr.runtime.errors import CxrError
+from cxr.sweep.settings import TrialEvaluationConf
 from cxr.sweep.study import RUN_ID_ATTR
 from cxr.tracking import names as metric_names
+from cxr.tracking import versions as model_registry
 
 if TYPE_CHECKING:
     import optuna
@@ -25,7 +28,7 @@ PLOTS_KEY = "evaluation.plots"
 KEEP_MODELS_KEY = "optuna.keep_models"
 
 
-def trial_overrides(trial_evaluation, given: set[str]) -> list[str]:
+def trial_overrides(trial_evaluation: TrialEvaluationConf, given: set[str]) -> list[str]:
     """The overrides that give each trial the sweep's trial evaluation; a key given is left alone."""
     keep = trial_evaluation.keep_models
     wanted = {
@@ -36,7 +39,7 @@ def trial_overrides(trial_evaluation, given: set[str]) -> list[str]:
     return [f"{key}={str(value).lower()}" for key, value in wanted.items() if key not in given]
 
 
-def check_trial_evaluation(trial_evaluation) -> None:
+def check_trial_evaluation(trial_evaluation: TrialEvaluationConf) -> None:
     """The trials re-evaluated at the end need their models, so they must be among those kept."""
     keep, best = trial_evaluation.keep_models, trial_evaluation.best_trials
     if keep is not None and (keep < 1 or best > keep):
@@ -46,7 +49,9 @@ def check_trial_evaluation(trial_evaluation) -> None:
         )
 
 
-def trials_lack_full_evaluation(trial_evaluation, evaluation: DictConfig, given: set[str]) -> bool:
+def trials_lack_full_evaluation(
+    trial_evaluation: TrialEvaluationConf, evaluation: EvaluationConfig, given: set[str]
+) -> bool:
     """Whether the trials computed less than `evaluation` (the sweep's config) would."""
     resamples = (
         evaluation.bootstrap.resamples if RESAMPLES_KEY in given else trial_evaluation.bootstrap_resamples
@@ -57,7 +62,7 @@ def trials_lack_full_evaluation(trial_evaluation, evaluation: DictConfig, given:
 
 def best_trials(study: optuna.Study, n: int, direction: str) -> list[optuna.trial.FrozenTrial]:
     """The `n` best completed trials with an MLflow run, best first."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     done = [
         t
@@ -67,14 +72,13 @@ def best_trials(study: optuna.Study, n: int, direction: str) -> list[optuna.tria
     return sorted(done, key=lambda t: t.value, reverse=direction == "maximize")[:n]
 
 
-def reevaluate(run_id: str, config: DictConfig) -> dict[str, float]:
+def reevaluate(run_id: str, config: Config) -> dict[str, float]:
     """`python -m cxr.evaluate run_id=...` with the sweep's evaluation and tracking settings; the run's
     registered versions get the interval of the ranking metric as tags, as a plain run's versions do."""
+    # heavy: MLflow and Keras, each of the imports below (Hydra's plugin scan imports this module)
     from mlflow.tracking import MlflowClient
 
-    from cxr.config import EvaluateConfig, check_evaluation
     from cxr.evaluation.logged_model import evaluate
-    from cxr.tracking import versions as model_registry
 
     cfg = OmegaConf.merge(
         OmegaConf.structured(EvaluateConfig),
@@ -130,7 +134,7 @@ class Selection:
 def selection(study: optuna.Study, n: int, direction: str, metric: str, tracking_uri: str) -> Selection:
     """The `n` best trials' `metric` and its `_ci_low`/`_ci_high`, as their MLflow runs hold them after
     the end-of-sweep re-evaluation (a trial's own value where its run has no such metric)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: MLflow, on use (plugin scan imports this module)
 
     client = MlflowClient(tracking_uri)
     rows = []

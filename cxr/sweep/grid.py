@@ -12,15 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cxr.runtime.masking import mask
+from cxr.sweep.parent_run import ParentRun, mean_std_count
 from cxr.tracking import names as metric_names
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from mlflow.tracking import MlflowClient
 
 PARENT_FILE = "mlflow_parent_run_id"  # in the sweep folder
 NOISE_NOTE = (
@@ -42,14 +44,17 @@ def swept_keys(task_overrides: list[str]) -> list[str]:
 
 
 def is_grid(config: DictConfig) -> bool:
-    """A basic-sweeper multirun of cxr.train (other commands share its config, and log no runs)."""
+    """A basic-sweeper multirun of cxr.train (other commands share its config, and log no runs).
+
+    `config` is what Hydra hands its callbacks: the job's config with its `hydra` node, which no cxr
+    schema describes, hence `DictConfig`."""
     return config.hydra.sweeper._target_.endswith("BasicSweeper") and config.hydra.job.name == "train"
 
 
-def children_frame(client, parent: str, experiment_id: str, keys: list[str], metric: str) -> pd.DataFrame:
+def children_frame(
+    client: MlflowClient, parent: str, experiment_id: str, keys: list[str], metric: str
+) -> pd.DataFrame:
     """One row per finished child: its value of each swept key (a group's option name) and `metric`."""
-    import pandas as pd
-
     runs = client.search_runs(
         [experiment_id], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'FINISHED'"
     )
@@ -64,8 +69,6 @@ def children_frame(client, parent: str, experiment_id: str, keys: list[str], met
 def grid_summary(frame: pd.DataFrame, keys: list[str], direction: str) -> tuple[pd.DataFrame | None, str]:
     """(mean, std and count of `value` per combination of the swept keys other than the seed, best first;
     a note when each combination has one seed). None when nothing finished or only seeds were swept."""
-    from cxr.sweep.parent_run import mean_std_count
-
     by = [k for k in keys if k != "seed"]
     if frame.empty or not by:
         return None, ""
@@ -78,13 +81,11 @@ class GridParent(Callback):
     """Hydra callback: a parent run around a basic-sweeper multirun of `cxr.train`."""
 
     def __init__(self) -> None:
-        self.parent = None
+        self.parent: ParentRun | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_grid(config):
             return
-        from cxr.sweep.parent_run import ParentRun
-
         arguments = list(config.hydra.overrides.task)
         self.parent = ParentRun.create(
             config.tracking,

@@ -9,31 +9,33 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import pandas as pd
 from omegaconf import OmegaConf
 
+from cxr.config import TrackingConfig
 from cxr.runtime.errors import shorten
 from cxr.runtime.masking import mask
+from cxr.sweep.settings import CxrOptunaSweeperConf
 from cxr.sweep.study import PARENT_ATTR, RUN_ID_ATTR
 from cxr.tracking import names as metric_names
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; both are imported on use
     import optuna
-    import pandas as pd
     from mlflow.tracking import MlflowClient
 
 WAIT_S = 30.0  # a worker that joins a study created a moment ago waits this long for its parent run
 
 
-def connect(tracking_cfg, create: bool) -> tuple[MlflowClient, str | None]:
+def connect(tracking_cfg: TrackingConfig, create: bool) -> tuple[MlflowClient, str | None]:
     """The sweep's one use of the job config's `tracking` node: a client on the trials' MLflow store;
     with `create`, MLflow pointed at that store and experiment (both made if new) and the experiment id.
 
     Only the worker that created the study creates: workers opening a new SQLite store together race
     in its schema migrations, so the others touch MLflow once the parent run exists.
     """
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: MLflow (Hydra's plugin scan imports this module)
 
-    from cxr.tracking import runs as tracking
+    from cxr.tracking import runs as tracking  # heavy: MLflow
 
     experiment_id = tracking.configure(tracking_cfg) if create else None
     return MlflowClient(tracking_cfg.uri), experiment_id
@@ -48,7 +50,7 @@ class ParentRun:
         self.tracking_uri = tracking_uri
 
     @classmethod
-    def create(cls, tracking_cfg, name: str, tags: dict[str, str]) -> ParentRun:
+    def create(cls, tracking_cfg: TrackingConfig, name: str, tags: dict[str, str]) -> ParentRun:
         """A new parent run in the configured store and experiment (both made if new)."""
         client, experiment_id = connect(tracking_cfg, create=True)
         run = client.create_run(experiment_id, run_name=name, tags=tags)
@@ -56,7 +58,13 @@ class ParentRun:
 
     @classmethod
     def open(
-        cls, tracking_cfg, study: optuna.Study, created: bool, searched: dict, settings, url: str
+        cls,
+        tracking_cfg: TrackingConfig,
+        study: optuna.Study,
+        created: bool,
+        searched: dict,
+        settings: CxrOptunaSweeperConf,
+        url: str,
     ) -> ParentRun:
         """The process that created the study creates its parent run, so concurrent workers share
         one; the others wait for it and mark it running again (a resumed sweep's too)."""
@@ -71,7 +79,7 @@ class ParentRun:
 
     def log_progress(self, study: optuna.Study) -> None:
         """Trial counts by state, and the best trial so far: its value, number, run and parameters."""
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # heavy: optuna (Hydra's plugin scan imports this module)
 
         trials = study.get_trials(deepcopy=False)
         step = len(trials)
@@ -95,7 +103,7 @@ class ParentRun:
 
     def reap_children(self, grace_s: float) -> list[str]:
         """End KILLED the study's RUNNING trial runs whose process is gone (`tracking.reap_orphans`)."""
-        from cxr.tracking import runs as tracking
+        from cxr.tracking import runs as tracking  # heavy: MLflow (Hydra's plugin scan imports this module)
 
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         where = f"tags.mlflow.parentRunId = '{self.run_id}'"
@@ -103,14 +111,14 @@ class ParentRun:
 
     def end_killed(self, run_id: str, reason: str) -> None:
         """End a trial's run KILLED with `reason`, unless it has ended already."""
-        from cxr.tracking import runs as tracking
+        from cxr.tracking import runs as tracking  # heavy: MLflow (Hydra's plugin scan imports this module)
 
         if self.client.get_run(run_id).info.status == "RUNNING":
             self.client.set_tag(run_id, metric_names.STATE_TAG, "FAIL")
             tracking.end_killed(self.client, run_id, reason)
 
     def ui_command(self) -> str:
-        from cxr.tracking import runs as tracking
+        from cxr.tracking import runs as tracking  # heavy: MLflow (Hydra's plugin scan imports this module)
 
         return tracking.ui_command(self.tracking_uri)
 
@@ -146,9 +154,11 @@ def _wait_for(study: optuna.Study) -> str | None:
         time.sleep(0.5)  # user_attrs and trials are read from the storage on each access
 
 
-def _create(client: MlflowClient, experiment_id: str, searched: dict, settings, url: str) -> str:
+def _create(
+    client: MlflowClient, experiment_id: str, searched: dict, settings: CxrOptunaSweeperConf, url: str
+) -> str:
     """A new parent run holding the search space and the sweeper settings (less the storage URL)."""
-    from cxr.tracking import runs as tracking
+    from cxr.tracking import runs as tracking  # heavy: MLflow (Hydra's plugin scan imports this module)
 
     run = client.create_run(
         experiment_id,

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager, nullcontext
 
+import keras
+
+from cxr.config import OptunaJobConfig
 from cxr.runtime import heartbeat
 from cxr.runtime.errors import CxrError
 from cxr.sweep.study import HEARTBEAT_ATTR, MONITOR_ATTR, PRUNER_ATTR, RUN_ID_ATTR, build_pruner, rdb_storage
@@ -19,8 +22,8 @@ from cxr.tracking import names as metric_names
 class TrialReporter:
     """Reports one training job to its trial of a stored study."""
 
-    def __init__(self, cfg_optuna) -> None:
-        import optuna
+    def __init__(self, cfg_optuna: OptunaJobConfig) -> None:
+        import optuna  # heavy: only a sweep's trial needs it; every cxr.train imports this module
 
         storage = rdb_storage(cfg_optuna.storage)
         attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(cfg_optuna.study_name))
@@ -39,10 +42,8 @@ class TrialReporter:
         self.keep_models: int | None = cfg_optuna.keep_models
         self.pruned_at: int | None = None  # the epoch after which the pruner stopped training
 
-    def callback(self):
+    def callback(self) -> keras.callbacks.Callback:
         """A Keras callback: report the monitored metric each epoch; stop training when pruned."""
-        import keras
-
         owner = self
 
         class OptunaPruning(keras.callbacks.Callback):
@@ -69,8 +70,8 @@ class TrialReporter:
         Later trials can only push a trial down, so one outside them now is never among the best N at
         the end (what the ensemble's top K and the sweep's best-trial re-evaluation read).
         """
-        from optuna.study import StudyDirection
-        from optuna.trial import TrialState
+        from optuna.study import StudyDirection  # heavy: optuna, only a sweep's trial (as above)
+        from optuna.trial import TrialState  # heavy: optuna, as above
 
         if self.keep_models is None:
             return True
@@ -95,7 +96,7 @@ class TrialReporter:
         self.trial.set_user_attr(RUN_ID_ATTR, run_id)
 
 
-def open_reporter(cfg_optuna) -> TrialReporter | None:
+def open_reporter(cfg_optuna: OptunaJobConfig) -> TrialReporter | None:
     """The reporter of the trial this job belongs to, or None for a plain training run."""
     if cfg_optuna.trial_id is None:
         return None

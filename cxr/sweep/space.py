@@ -26,6 +26,7 @@ def _scalar(value: Any):
 
 def distribution(override: Override) -> BaseDistribution:
     """The Optuna distribution of one sweep override, e.g. `model.dropout=interval(0.1, 0.5)`."""
+    # heavy: optuna, on use (Hydra's plugin scan imports this module)
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     key = override.get_key_element()
@@ -92,7 +93,7 @@ def format_value(value: Any) -> str:
 
 def grid(space: dict[str, BaseDistribution]) -> dict[str, list]:
     """The grid sampler's search space: every parameter must be a finite choice."""
-    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, IntDistribution  # heavy: optuna, on use
 
     out = {}
     for key, dist in space.items():

@@ -16,6 +16,7 @@ from cxr.runtime.errors import CxrError
 from cxr.runtime.locks import locked, sqlite_file
 from cxr.runtime.masking import mask
 from cxr.sweep import space
+from cxr.sweep.settings import CxrOptunaSweeperConf
 
 if TYPE_CHECKING:  # Hydra's plugin scan imports this module at start-up; optuna is imported on use
     import optuna
@@ -35,7 +36,7 @@ def storage_url(setting: str | None) -> str:
     return setting or DEFAULT_STORAGE
 
 
-def heartbeat_settings(settings) -> dict[str, Any]:
+def heartbeat_settings(settings: CxrOptunaSweeperConf) -> dict[str, Any]:
     """The sweeper's heartbeat settings, as the study stores them for its jobs."""
     return {k: settings[k] for k in ("heartbeat_interval", "grace_period", "max_retry")}
 
@@ -53,7 +54,7 @@ def rdb_storage(
     Workers that start together on a new database race to create its tables: a new SQLite file is
     created under a lock beside it; a database server's loser is retried a few times.
     """
-    import optuna
+    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -75,7 +76,7 @@ def rdb_storage(
 
 
 def _open(url: str, kwargs: dict[str, Any], attempts: int) -> optuna.storages.RDBStorage:
-    import optuna
+    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     for attempt in range(attempts):
         try:
@@ -93,7 +94,7 @@ def _open(url: str, kwargs: dict[str, Any], attempts: int) -> optuna.storages.RD
 
 def build_pruner(settings: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     """median, hyperband or none, from the sweeper's `pruner` settings."""
-    import optuna
+    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     name = settings.get("name", "median")
     if name == "median":
@@ -120,7 +121,7 @@ def build_sampler(
 
     `joined`: for a worker joining a study that exists (another worker's, or a resumed sweep), seeded
     afresh: with the study's seed it would propose the very parameters the first worker did."""
-    import optuna
+    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     name = settings["name"]
     settings = {**settings, "seed": None if joined else settings["seed"]}
@@ -139,7 +140,7 @@ def build_sampler(
 
 
 def create_or_join(
-    settings, url: str, searched: dict, metric_name: str | None = None
+    settings: CxrOptunaSweeperConf, url: str, searched: dict, metric_name: str | None = None
 ) -> tuple[optuna.Study, bool]:
     """The study `settings.study_name` in the storage at `url`, and whether this call created it.
 
@@ -147,7 +148,7 @@ def create_or_join(
     gets True. Either way the study records the pruner's settings and the monitored metric for jobs,
     and `metric_name` (what the trials return) names the objective for optuna-dashboard.
     """
-    import optuna
+    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     storage = rdb_storage(url, heartbeat_settings(settings))
     sampler = build_sampler(settings.sampler, searched)

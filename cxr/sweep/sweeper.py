@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -47,8 +48,7 @@ class CxrOptunaSweeper(Sweeper):
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
+        # `config`: the sweep's whole config with its `hydra` node, which no cxr schema describes
         self.hydra_context = hydra_context
         self.config = config
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -60,7 +60,7 @@ class CxrOptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------ the loop
     def _sweep(self, arguments: list[str]) -> Any:
-        import optuna
+        import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
         s = self.settings
         best.check_trial_evaluation(s.trial_evaluation)
@@ -143,7 +143,7 @@ class CxrOptunaSweeper(Sweeper):
     @staticmethod
     def _progress(study: optuna.Study, number: int, done: int, total: int) -> str:
         """`trial 3/20 done (number 7): 0.8123, best so far 0.8345 (trial 5)`."""
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # heavy: optuna, on use
 
         trial = study.get_trials(deepcopy=False)[number]
         value = f"{trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name.lower()
@@ -155,8 +155,8 @@ class CxrOptunaSweeper(Sweeper):
     def _recover(self, study: optuna.Study, parent: ParentRun) -> None:
         """Trials whose worker died (no heartbeat for `grace_period` s) become FAIL and are queued again
         (`max_retry`); their runs, and the study's runs whose process is gone, end KILLED."""
-        import optuna
-        from optuna.trial import TrialState
+        import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
+        from optuna.trial import TrialState  # heavy: optuna, on use
 
         s = self.settings
         running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -178,7 +178,7 @@ class CxrOptunaSweeper(Sweeper):
     def _grid_done(study: optuna.Study, grid: dict[str, list]) -> bool:
         """Every grid point has a trial, running or finished (failed too, as Optuna's GridSampler counts),
         and no trial waits to be run again (a dead worker's, `_recover`)."""
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # heavy: optuna, on use
 
         if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return False
@@ -205,8 +205,8 @@ class CxrOptunaSweeper(Sweeper):
     def _tell(cls, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> None:
         """COMPLETE with the job's value if it is a finite number, PRUNED if it raised TrialPruned,
         FAIL otherwise."""
-        import optuna
-        from optuna.trial import TrialState
+        import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
+        from optuna.trial import TrialState  # heavy: optuna, on use
 
         if ret.status == JobStatus.COMPLETED:
             value = ret._return_value
@@ -259,7 +259,7 @@ class CxrOptunaSweeper(Sweeper):
             parent.client.set_tag(parent.run_id, SELECTION_TAG, str(chosen.within_noise).lower())
 
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # heavy: optuna, on use
 
         s = self.settings
         trials = study.get_trials(deepcopy=False)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from cxr.config import Config  # a type only: config sits above tracking
 
 MAX_LENGTH = 96  # the UI's run tables cut longer names anyway
 # Overrides that say where things go, or are already in the name, not what the run is.
@@ -33,7 +35,7 @@ def _override_label(override: str) -> str | None:
     return f"{_SHORT.get(leaf, leaf)}={value}"
 
 
-def describe(cfg: DictConfig, overrides: list[str]) -> str:
+def describe(cfg: Config, overrides: list[str]) -> str:
     """`<experiment or model>-<loss>-<key overrides>-s<seed>`, without the unique suffix."""
     experiment = cfg.tracking.experiment_name
     head = experiment.removeprefix("cxr-") if experiment != "cxr" else cfg.model.name
@@ -45,7 +47,7 @@ def describe(cfg: DictConfig, overrides: list[str]) -> str:
     return name + suffix
 
 
-def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+def run_name(cfg: Config, overrides: list[str]) -> str:
     """A single training run's name: what it is, and a suffix that makes it unique."""
     return unique(describe(cfg, overrides))
 

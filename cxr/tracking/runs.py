@@ -6,13 +6,15 @@ import os
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from cxr.data.splits import read_split_csv
@@ -35,8 +37,11 @@ from cxr.tracking.names import (
     TRIAL_TAG,
 )
 
+if TYPE_CHECKING:
+    from cxr.config import TrackingConfig  # a type only: config sits above tracking
 
-def artifact_root(cfg) -> str | None:
+
+def artifact_root(cfg: TrackingConfig) -> str | None:
     """`tracking.artifact_root`, or by default the `artifacts` folder beside a SQLite database, found
     where the database is (not the working directory); None leaves a server's default to the server."""
     if cfg.artifact_root:
@@ -71,7 +76,7 @@ def _check_writable(folder: Path, what: str, setting: str) -> None:
         )
 
 
-def _check_local_store(cfg, db: Path) -> None:
+def _check_local_store(cfg: TrackingConfig, db: Path) -> None:
     _check_writable(db.parent, "the MLflow store's", "tracking.uri")
     if db.exists() and not os.access(db, os.W_OK):
         raise CxrError(f"the MLflow store {db} is read-only (tracking.uri); make it writable")
@@ -80,7 +85,7 @@ def _check_local_store(cfg, db: Path) -> None:
         _check_writable(Path(root).expanduser(), "the MLflow artifact", "tracking.artifact_root")
 
 
-def check_store(cfg) -> None:
+def check_store(cfg: TrackingConfig) -> None:
     """A local store that cannot be written is an error naming its folder, before a command spends time
     on data or models (a server or another URI is checked when it is first used)."""
     db = sqlite_file(cfg.uri)
@@ -88,7 +93,7 @@ def check_store(cfg) -> None:
         _check_local_store(cfg, db)
 
 
-def _experiment_id(cfg) -> str:
+def _experiment_id(cfg: TrackingConfig) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
         if experiment is not None:
@@ -101,7 +106,7 @@ def _experiment_id(cfg) -> str:
         raise CxrError(f"MLflow store {mask(cfg.uri)} is not usable: {err}") from None
 
 
-def configure(cfg) -> str:
+def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id.
 
     A local SQLite store is created (schema migrations, the experiment) under a lock beside it: processes
@@ -134,7 +139,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_params(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as flat MLflow params (`trainer.optimizer.learning_rate` ...), URL passwords
-    masked."""
+    masked. Any command's config (a training run's `Config`, the ensemble's), hence `DictConfig`."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("output_dir", None)
     return mask_values(flatten(tree))
@@ -235,7 +240,7 @@ def reap_orphans(client, experiment_ids: list[str], grace_s: float, where: str =
 
 @contextmanager
 def tracked_run(
-    cfg: DictConfig,
+    cfg: DictConfig,  # a training run's Config, or another command's config with a `tracking` node
     overrides: list[str],
     reporter=None,
     run_name: str | None = None,
@@ -255,10 +260,6 @@ def tracked_run(
     While it runs, the run's last-seen tag (and a trial's Optuna heartbeat) is renewed by a background
     thread, and before it starts, the experiment's runs whose process died are marked KILLED.
     """
-    from contextlib import ExitStack
-
-    from mlflow.tracking import MlflowClient
-
     interrupt.install()  # also where no command installed it: a joblib or submitit worker's job
     t = cfg.tracking
     experiment_id = configure(t)
@@ -325,7 +326,7 @@ def timed(phase: str) -> Iterator[None]:
 def epoch_logger():
     """A Keras callback that logs every epoch's training and validation metrics and its duration
     (`time/epoch_s`) to the active run, under `train/` and `val/` names."""
-    import keras
+    import keras  # heavy: only a training logs epochs (the sweeper and registry commands use this module)
 
     class MlflowEpochLogger(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -345,8 +346,6 @@ def epoch_logger():
 
 def logged_run_inputs(run_id: str) -> tuple[DictConfig, Any]:
     """A cxr run's resolved config and its split (image_id, patient_id, split), as it logged them."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         try:
             config = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/config.yaml", dst_path=folder)

@@ -114,7 +114,7 @@ def ranked_versions(
 ) -> list[Candidate]:
     """Versions of `name`, best validation score first, optionally filtered by study, experiment,
     kind and exact tag values. Versions without the metric tag are left out."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: MLflow (cxr.promote imports this at start-up)
 
     metric_names.check_validation(metric, "metric", "rank on validation, never on test")
     try:
@@ -144,7 +144,7 @@ def get_candidate(
     client, name: str, version: str | None = None, alias: str | None = None, metric: str = RANK_METRIC
 ) -> Candidate | None:
     """One version by number or alias; None when the alias is not set."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: MLflow (cxr.promote imports this at start-up)
 
     try:
         found = (

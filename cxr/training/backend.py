@@ -10,16 +10,19 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from cxr.runtime.errors import CxrError
 
+if TYPE_CHECKING:
+    from cxr.config import TrainerConfig  # a type only: config sits above training
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-JIT_COMPILE = ("auto", True, False)
 JAX_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
 DISTRIBUTIONS = ("none", "data_parallel")
 
 
-def check_trainer(t) -> None:
+def check_trainer(t: TrainerConfig) -> None:
     """trainer.precision, trainer.jit_compile and trainer.steps_per_execution, before anything is built."""
     if t.precision not in PRECISIONS:
         raise CxrError(f"trainer.precision={t.precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -32,7 +35,7 @@ def check_trainer(t) -> None:
         raise CxrError(f"trainer.distribution={t.distribution!r}: choose one of {', '.join(DISTRIBUTIONS)}")
 
 
-def compile_options(t) -> dict:
+def compile_options(t: TrainerConfig) -> dict:
     """The `model.compile` keyword arguments the trainer config sets."""
     return {"jit_compile": t.jit_compile, "steps_per_execution": t.steps_per_execution}
 
@@ -44,7 +47,7 @@ def dtype_policy(precision: str) -> Iterator[None]:
     Layers keep the policy they were built with (a saved model records it), so the process, and the
     tests and runs after this one in it, go on in whatever policy they had.
     """
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
@@ -68,11 +71,11 @@ def distribution(kind: str) -> Iterator[int]:
     if kind == "none":
         yield 1
         return
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # only on the TensorFlow backend
 
         multi_worker = "TF_CONFIG" in os.environ
         strategy = _multi_worker_strategy() if multi_worker else tf.distribute.MirroredStrategy()
@@ -100,7 +103,7 @@ def is_chief(kind: str, environ: Mapping[str, str] | None = None) -> bool:
 
     The other workers only train: their model is the chief's (the strategy keeps the replicas in sync).
     """
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     raw = (os.environ if environ is None else environ).get("TF_CONFIG")
     if kind == "none" or not raw or keras.backend.backend() != "tensorflow":
@@ -124,11 +127,11 @@ def local_model(model):
     Predicting under `MultiWorkerMirroredStrategy` would shard the rows between the workers, which stop
     after fit; any other model is returned as it is.
     """
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     if keras.backend.backend() != "tensorflow":
         return model
-    import tensorflow as tf
+    import tensorflow as tf  # only on the TensorFlow backend
 
     if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return model
@@ -145,7 +148,7 @@ def _multi_worker_strategy():
     collective ops lack (reduced in float32 and cast back); each step's scalar metrics are reduced along
     axis 0, which a scalar lacks (reduced across replicas only).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # only on the TensorFlow backend
 
     reducible = (tf.bfloat16, tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 
@@ -169,7 +172,7 @@ def _multi_worker_strategy():
 def batch_multiple(replicas: int) -> int:
     """What every batch's size must be a multiple of: JAX shards each batch evenly between devices,
     where TensorFlow's strategy also splits an uneven last batch."""
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     return replicas if keras.backend.backend() == "jax" else 1
 
@@ -180,11 +183,11 @@ def enable_determinism() -> None:
     TensorFlow: op determinism. JAX: XLA's deterministic GPU ops, read when JAX starts its backend, so
     it takes effect in a fresh process (a `python -m cxr.train` run); on a CPU JAX is deterministic.
     """
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # only on the TensorFlow backend
 
         tf.config.experimental.enable_op_determinism()
     elif backend == "jax":
@@ -204,7 +207,7 @@ def check_loss(loss) -> None:
     JAX's compiled train step carries the model's, the optimizer's and the metrics' variables, not a
     loss's own, so the state would silently stay at its start value.
     """
-    import keras
+    import keras  # heavy: on use (cxr.config imports this module at start-up to check the trainer)
 
     backend = keras.backend.backend()
     if hasattr(loss, "training_callback") and backend == "jax":

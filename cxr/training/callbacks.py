@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 
 from cxr.tracking.names import AUC, HISTORY_ARTIFACT, VALIDATION_PREFIX
 
+if TYPE_CHECKING:
+    from cxr.config import CallbacksConfig  # a type only: config sits above training
 
-def monitored(cfg, pruner_monitor: str | None = None) -> str:
+
+def monitored(cfg: CallbacksConfig, pruner_monitor: str | None = None) -> str:
     """`monitored early stopping: val_auc (max), ...`: what each enabled callback (and a sweep's pruner)
     reads, printed before training so nobody has to guess which number stops or chooses a model."""
     readers = [
@@ -29,7 +33,7 @@ def monitored(cfg, pruner_monitor: str | None = None) -> str:
     return line
 
 
-def build_callbacks(cfg, output_dir: Path) -> list[keras.callbacks.Callback]:
+def build_callbacks(cfg: CallbacksConfig, output_dir: Path) -> list[keras.callbacks.Callback]:
     out: list[keras.callbacks.Callback] = []
     es, lr, ck = cfg.early_stopping, cfg.reduce_lr, cfg.checkpoint
     if es.enabled:

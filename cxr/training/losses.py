@@ -6,12 +6,25 @@ training labels, the only labels a loss may learn weights from; validation and t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 from keras import ops
 
 from cxr.runtime.builders import Builders
 from cxr.runtime.errors import CxrError
+
+if TYPE_CHECKING:  # types only: config sits above training
+    from cxr.config import (
+        AslConfig,
+        BceConfig,
+        ClassBalancedBceConfig,
+        DynamicBceConfig,
+        LossConfig,
+        MovingAverageBceConfig,
+        WeightedBceConfig,
+    )
 
 LOSSES: Builders = Builders("loss")
 
@@ -222,18 +235,18 @@ def class_balanced_weights(train_labels: np.ndarray, beta: float) -> tuple[np.nd
 
 # ------------------------------------------------------------------ registry
 @LOSSES.register("bce")
-def _bce(cfg, train_labels) -> keras.losses.Loss:
+def _bce(cfg: BceConfig, train_labels: np.ndarray | None) -> keras.losses.Loss:
     return keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing, name="bce")
 
 
 @LOSSES.register("dynamic_bce")
 @LOSSES.register("dynamic_bce_unsmoothed")
-def _dynamic_bce(cfg, train_labels) -> keras.losses.Loss:
+def _dynamic_bce(cfg: DynamicBceConfig, train_labels: np.ndarray | None) -> keras.losses.Loss:
     return DynamicWeightedBCE(cfg.smoothing_factor, cfg.epsilon, name=cfg.name)
 
 
 @LOSSES.register("moving_average_bce")
-def _moving_average_bce(cfg, train_labels) -> keras.losses.Loss:
+def _moving_average_bce(cfg: MovingAverageBceConfig, train_labels: np.ndarray | None) -> keras.losses.Loss:
     num_classes = np.shape(train_labels)[1]
     return MovingAverageWeightedBCE(num_classes, cfg.momentum, cfg.smoothing_factor, cfg.epsilon)
 
@@ -241,24 +254,26 @@ def _moving_average_bce(cfg, train_labels) -> keras.losses.Loss:
 @LOSSES.register("weighted_bce")
 @LOSSES.register("normalized_weighted_bce")
 @LOSSES.register("focal_weighted_bce")
-def _weighted_bce(cfg, train_labels) -> keras.losses.Loss:
+def _weighted_bce(cfg: WeightedBceConfig, train_labels: np.ndarray | None) -> keras.losses.Loss:
     w_pos, w_neg = prevalence_weights(training_prevalence(train_labels), cfg.normalize)
     return WeightedBCE(w_pos.tolist(), w_neg.tolist(), cfg.gamma, cfg.epsilon, name=cfg.name)
 
 
 @LOSSES.register("class_balanced_bce")
-def _class_balanced_bce(cfg, train_labels) -> keras.losses.Loss:
+def _class_balanced_bce(cfg: ClassBalancedBceConfig, train_labels: np.ndarray | None) -> keras.losses.Loss:
     training_prevalence(train_labels)  # same check: the weights need training labels
     w_pos, w_neg = class_balanced_weights(train_labels, cfg.beta)
     return WeightedBCE(w_pos.tolist(), w_neg.tolist(), cfg.gamma, cfg.epsilon, name=cfg.name)
 
 
 @LOSSES.register("asl")
-def _asl(cfg, train_labels) -> keras.losses.Loss:
+def _asl(cfg: AslConfig, train_labels: np.ndarray | None) -> keras.losses.Loss:
     return AsymmetricLoss(cfg.gamma_pos, cfg.gamma_neg, cfg.clip, cfg.epsilon)
 
 
-def build_loss(cfg, train_labels: np.ndarray | None = None) -> keras.losses.Loss:
+def build_loss(cfg: LossConfig, train_labels: np.ndarray | None = None) -> keras.losses.Loss:
+    """The loss `cfg` picks; `LossConfig`, the base of every loss schema: the option may be any of them,
+    or a user's `schema_custom` option (`_target_`), which has no dataclass."""
     return LOSSES.for_option(cfg)(cfg, train_labels)
 
 
