@@ -27,7 +27,8 @@ from .test_distribution import SAME_CURVE
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
-    reason="MultiWorkerMirroredStrategy is TensorFlow's; JAX multi-process training is not wired (docs/scale-out.md)",
+    reason="MultiWorkerMirroredStrategy is TensorFlow's; JAX multi-process training is not wired "
+    "(docs/scale-out.md)",
 )
 
 

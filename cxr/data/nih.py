@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.runtime.errors import CxrError
 from cxr.data.labels import NIH_PATHOLOGIES, NO_FINDING
+from cxr.runtime.errors import CxrError
 
 LABEL_FILES = (
     "Data_Entry_2017_v2020.csv",
@@ -133,7 +133,9 @@ def read_bboxes(path: Path) -> pd.DataFrame:
     """image_id, finding (label-file spelling), x, y, w, h: one row per box."""
     raw = pd.read_csv(path, header=0)
     if raw.shape[1] < 6:
-        raise CxrError(f"{path}: expected Image Index, Finding Label and 4 box columns, got {list(raw.columns)}")
+        raise CxrError(
+            f"{path}: expected Image Index, Finding Label and 4 box columns, got {list(raw.columns)}"
+        )
     boxes = raw.iloc[:, :6].copy()
     boxes.columns = ["image_id", "finding", "x", "y", "w", "h"]
     boxes["finding"] = boxes["finding"].replace(BBOX_SPELLING)

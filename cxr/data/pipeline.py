@@ -104,5 +104,3 @@ def gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     out = np.empty((len(idx), *images.shape[1:]), dtype=images.dtype)
     out[order] = images[idx[order]]
     return out
-
-

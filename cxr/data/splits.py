@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from cxr.runtime.errors import CxrError
 from cxr.runtime.builders import Builders
+from cxr.runtime.errors import CxrError
 
 if TYPE_CHECKING:
     from cxr.config import DatasetConfig  # a type only: config sits above data

@@ -98,7 +98,9 @@ def sample_metadata(cfg: SyntheticGeneratorConfig) -> pd.DataFrame:
     view = np.where(rng.random(len(patient_of_image)) < 0.6, "PA", "AP")
     patient_id = patient_of_image + 1
     names = [f"{p:08d}_{f:03d}.png" for p, f in zip(patient_id, followup, strict=True)]
-    findings = ["|".join(d for d, y in zip(NIH_PATHOLOGIES, row, strict=True) if y) or NO_FINDING for row in labels]
+    findings = [
+        "|".join(d for d, y in zip(NIH_PATHOLOGIES, row, strict=True) if y) or NO_FINDING for row in labels
+    ]
     return pd.DataFrame(
         {
             "Image Index": names,
@@ -194,7 +196,9 @@ def render(labels: np.ndarray, resolution: int, strength: float, noise: float, s
             img += 0.10 * s * c.blob(cx + u(-0.7, 0.7) * rx, cy + u(-0.6, 0.7) * ry, 0.025) * lung_mask
     if pos["Mass"]:
         _, cx, cy, rx, ry = lung()
-        img += 0.32 * s * c.ellipse(cx + u(-0.5, 0.5) * rx, cy + u(-0.5, 0.5) * ry, u(0.05, 0.07), u(0.05, 0.07))
+        img += (
+            0.32 * s * c.ellipse(cx + u(-0.5, 0.5) * rx, cy + u(-0.5, 0.5) * ry, u(0.05, 0.07), u(0.05, 0.07))
+        )
     if pos["Nodule"]:
         _, cx, cy, rx, ry = lung()
         r = u(0.015, 0.025)
@@ -210,7 +214,12 @@ def render(labels: np.ndarray, resolution: int, strength: float, noise: float, s
         img += 0.25 * s * np.exp(-(((c.x - edge) / 0.006) ** 2)) * (c.y < cy + ry * 0.3) * lung_mask
     if pos["Consolidation"]:
         _, cx, cy, rx, ry = lung()
-        img += 0.30 * s * c.ellipse(cx + u(-0.3, 0.3) * rx, cy + u(0.1, 0.5) * ry, 0.08, 0.06, soft=0.006) * lung_mask
+        img += (
+            0.30
+            * s
+            * c.ellipse(cx + u(-0.3, 0.3) * rx, cy + u(0.1, 0.5) * ry, 0.08, 0.06, soft=0.006)
+            * lung_mask
+        )
     if pos["Edema"]:
         for _, cx, cy, _, _ in lungs:
             img += 0.18 * s * c.blob((cx + 0.5) / 2, cy + 0.03, 0.08) * lung_mask
@@ -245,7 +254,12 @@ def write_dataset(cfg: SyntheticGeneratorConfig, folder: Path) -> None:
     images = folder / "images"
     images.mkdir(parents=True)
     for i, (name, row) in enumerate(
-        tqdm(zip(meta["Image Index"], labels, strict=True), total=len(meta), desc="synthetic images", unit="img")
+        tqdm(
+            zip(meta["Image Index"], labels, strict=True),
+            total=len(meta),
+            desc="synthetic images",
+            unit="img",
+        )
     ):
         pixels = render(row, cfg.resolution, cfg.strength, cfg.noise, [cfg.seed, 2, i])
         Image.fromarray(pixels, mode="L").save(images / name)
