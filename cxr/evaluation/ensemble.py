@@ -21,12 +21,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from cxr.data.prepared import relocated
-from cxr.data.splits import split_digest, write_split_csv
+from cxr.data.splits import write_split_csv
 from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
 from cxr.serving import pyfunc
 from cxr.serving.inference import Predictions, combined, predict_members
+from cxr.serving.registration import log_and_register
 from cxr.tracking import runs, versions
 from cxr.tracking.dataset_inputs import log_dataset_inputs
 from cxr.tracking.names import (
@@ -156,17 +157,16 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             mlflow.log_text(
                 table.to_csv(float_format="%.6g"), per_disease_table(split, "members_per_disease")
             )
-        info = pyfunc.log_model(model.members, spec, registered_model_name=name)
-        tags = versions.version_tags(
-            evaluation.metrics,
-            run_id,
+        members = ",".join(f"{cfg.model_name}/{c.version}" for c in candidates)
+        info = log_and_register(
+            model.members,
             spec,
-            split_digest(data.table),
-            cfg.tracking.experiment_name,
-            run_name=mlflow.active_run().info.run_name,
+            evaluation,
+            data,
+            cfg.tracking,
+            name,
+            extra_tags={MEMBERS_VERSION_TAG: members},
         )
-        tags[MEMBERS_VERSION_TAG] = ",".join(f"{cfg.model_name}/{c.version}" for c in candidates)
-        versions.tag_version(client, name, str(info.registered_model_version), tags)
 
     metrics = evaluation.metrics
     log.info(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({cfg.weights} weights):")

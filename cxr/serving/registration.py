@@ -1,9 +1,11 @@
-"""A trained model logged as cxr's pyfunc and, when a name is configured, registered as a version
-tagged with what ranking, ensembling and prediction need (its validation numbers, split, sweep, trial).
+"""A model logged as cxr's pyfunc into the active run and, when a name is given, registered as a
+version tagged with what ranking, ensembling and prediction need (its validation numbers, split,
+sweep and trial). Training and the ensemble step register the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -17,8 +19,41 @@ from cxr.serving import pyfunc
 from cxr.tracking import versions
 
 if TYPE_CHECKING:
-    from cxr.config import Config
+    from mlflow.models.model import ModelInfo
+
+    from cxr.config import Config, TrackingConfig
     from cxr.evaluation.report import Evaluation
+
+
+def log_and_register(
+    members: Sequence[keras.Model],
+    spec: pyfunc.ModelSpec,
+    evaluation: Evaluation,
+    data: PreparedData,
+    tracking: TrackingConfig,
+    name: str | None,
+    *,
+    study: str | None = None,
+    trial: int | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> ModelInfo:
+    """Logs the model into the active run; with a `name`, tags the new version for ranking and use."""
+    info = pyfunc.log_model(members, spec, registered_model_name=name)
+    if name:
+        run = mlflow.active_run().info
+        tags = versions.version_tags(
+            evaluation.metrics,
+            run.run_id,
+            spec,
+            split_digest(data.table),
+            tracking.experiment_name,
+            study=study,
+            trial=trial,
+            run_name=run.run_name,
+        )
+        tags.update(extra_tags or {})
+        versions.tag_version(MlflowClient(tracking.uri), name, str(info.registered_model_version), tags)
+    return info
 
 
 def log_trained_model(
@@ -29,7 +64,8 @@ def log_trained_model(
     run_id: str,
     reporter: Any = None,
 ) -> None:
-    """Into the active run; `reporter` (a sweep trial's) adds the study and trial to the version's tags."""
+    """One trained member into the active run (`run_id`); `reporter` (a sweep trial's) adds the study and
+    trial to the version's tags."""
     spec = pyfunc.ModelSpec(
         pathologies=list(data.pathologies),
         thresholds=evaluation.thresholds["thresholds"],
@@ -41,20 +77,9 @@ def log_trained_model(
         ),
     )
     name = cfg.tracking.registered_model_name
-    info = pyfunc.log_model([model], spec, registered_model_name=name)
+    trial = {} if reporter is None else {"study": reporter.study_name, "trial": reporter.number}
+    info = log_and_register([model], spec, evaluation, data, cfg.tracking, name, **trial)
     log.info(
         f"model: runs:/{run_id}/{info.name}"
         + (f", models:/{name}/{info.registered_model_version}" if name else "")
     )
-    if name:
-        tags = versions.version_tags(
-            evaluation.metrics,
-            run_id,
-            spec,
-            split_digest(data.table),
-            cfg.tracking.experiment_name,
-            study=reporter.study_name if reporter is not None else None,
-            trial=reporter.number if reporter is not None else None,
-            run_name=mlflow.active_run().info.run_name,
-        )
-        versions.tag_version(MlflowClient(cfg.tracking.uri), name, str(info.registered_model_version), tags)

@@ -15,11 +15,13 @@ from cxr.runtime.errors import CxrError
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import (
     EXPERIMENT_TAG,
+    IMAGE_SIZE_TAG,
     MODEL_KIND_TAG,
     RUN_NAME_TAG,
     RUN_TAG,
     SPLIT_DIGEST_TAG,
     STUDY_TAG,
+    THRESHOLDS_TAG,
     TRIAL_TAG,
 )
 
@@ -59,8 +61,8 @@ def version_tags(
         RUN_TAG: run_id,
         EXPERIMENT_TAG: experiment,
         SPLIT_DIGEST_TAG: split_digest,
-        "image_size": ",".join(map(str, spec.image_sizes)),
-        "thresholds": json.dumps(spec.thresholds),
+        IMAGE_SIZE_TAG: ",".join(map(str, spec.image_sizes)),
+        THRESHOLDS_TAG: json.dumps(spec.thresholds),
     }
     tags.update(metric_tags(metrics))
     if study is not None:
