@@ -168,6 +168,12 @@ EXPERIMENT_TAG = "experiment"
 MEMBERS_VERSION_TAG = "members"  # an ensemble's version: NAME/VERSION of each member
 RUN_NAME_TAG = "run_name"  # also the version's description, so the UI's version list says what each is
 
+
+def alias_record_tags(alias: str) -> tuple[str, str, str]:
+    """What a version records when it takes an alias: the version it replaced, why, since when."""
+    return f"cxr.{alias}.replaced", f"cxr.{alias}.reason", f"cxr.{alias}.since"
+
+
 # ---------------------------------------------------------------- artifacts of a run
 CONFIG_ARTIFACT = "config.yaml"  # the resolved config, passwords masked
 SPLIT_ARTIFACT = "split.csv"  # who is in which split
