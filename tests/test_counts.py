@@ -16,17 +16,15 @@ from cxr.data.prepared import load_prepared
 from cxr.evaluation.report import evaluate_predictions
 from cxr.serving.inference import Predictions
 from cxr.tracking.names import COUNTS_ARTIFACT, FEW_POSITIVES_TAG, UNDEFINED_TAG
-from tests.conftest import real_nih_overrides, real_nih_release, run_cli
+from tests.conftest import real_nih_overrides
 
 
 @pytest.fixture(scope="module")
-def real(shared_data, tmp_path_factory):
-    """The real release, its overrides, and the prepared data a run on it trains with."""
-    tmp = tmp_path_factory.mktemp("real")
-    release = real_nih_release(shared_data, tmp / "release")
-    overrides = real_nih_overrides(release, tmp)
+def real(real_release):
+    """The real release's overrides and the prepared data a run on it (`real_run`) trains with."""
     from tests.conftest import hydra_compose
 
+    overrides = real_nih_overrides(real_release, real_release.parent)
     with hydra_compose() as compose:
         cfg = compose(overrides)
     return overrides, cfg, load_prepared(cfg.dataset, warn=False)
@@ -81,14 +79,13 @@ def test_thresholds_without_validation_positives_are_undefined_with_the_reason_n
 
 @pytest.mark.slow
 @pytest.mark.backend
-def test_a_real_run_logs_counts_and_warns_about_scarce_findings(real, tmp_path):
-    overrides, cfg, _ = real
-    out = run_cli("cxr.train", *overrides)
+def test_a_real_run_logs_counts_and_warns_about_scarce_findings(real_run, tmp_path):
+    out = real_run.out  # `python -m cxr.train` on the real release (tests/conftest.py)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "cxr: warning: findings with fewer than dataset.min_positives=5 positive images" in out.stderr
     assert "Hernia: 0 in train, 0 in val, 1 in test" in out.stderr
-    client = MlflowClient(cfg.tracking.uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id])
+    client = MlflowClient(real_run.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cxr").experiment_id])
     assert "Hernia: 0 in train, 0 in val, 1 in test" in run.data.tags[FEW_POSITIVES_TAG]
     assert "Hernia: no validation positives" in run.data.tags[UNDEFINED_TAG]
     assert all(np.isfinite(v) for v in run.data.metrics.values())

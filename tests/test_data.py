@@ -259,6 +259,7 @@ def real_samples(shared_data) -> pd.DataFrame:
     return table
 
 
+@pytest.mark.backend
 def test_prepare_and_pipeline_on_real_images_of_every_size_and_mode(real_samples, tmp_path):
     from cxr.data.pipeline import CacheBatches
 
@@ -337,6 +338,7 @@ def test_cache_built_for_another_size_or_list_is_rejected(tmp_path):
         cache.prepare_images(paths, 8, tmp_path / "cache")
 
 
+@pytest.mark.backend
 def test_training_batches_visit_every_row_once_per_epoch_in_a_seeded_order():
     from cxr.data.pipeline import CacheBatches
 

@@ -9,23 +9,18 @@ from mlflow.tracking import MlflowClient
 
 from cxr.tracking import names as mn
 from cxr.tracking.naming import model_name
-from cxr.train import train
-from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
+from tests.conftest import TINY_MODEL, run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.backend]  # a training run, then the command in its own process
+pytestmark = pytest.mark.slow  # the command in its own process, on a copy of the session's tiny run
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("evaluate")
-    overrides = [*TINY, *store_overrides(tmp), "tracking.registered_model_name=cxr-eval-test"]
-    with hydra_compose() as compose_cfg:
-        cfg = compose_cfg(overrides)
-    train(cfg, overrides)
+def trained(tiny_store, tmp_path_factory):
+    """A copy of the session's tiny run (re-evaluation logs to it), its version 1 the champion."""
+    cfg = tiny_store.copy(tmp_path_factory.mktemp("evaluate"))
     client = MlflowClient(cfg.tracking.uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id])
-    client.set_registered_model_alias("cxr-eval-test", "champion", "1")
-    return cfg, client, run
+    client.set_registered_model_alias(TINY_MODEL, "champion", "1")
+    return cfg, client, client.get_run(tiny_store.run_id)
 
 
 def evaluate_cli(cfg, *args):
@@ -34,6 +29,7 @@ def evaluate_cli(cfg, *args):
     )
 
 
+@pytest.mark.backend  # loads and predicts with the logged model
 def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
     cfg, client, run = trained
     out = evaluate_cli(cfg, f"run_id={run.info.run_id}")
@@ -49,10 +45,11 @@ def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
     assert after.data.tags["cxr.reevaluated_with"] == logged_model
 
 
+@pytest.mark.backend
 def test_evaluate_a_registered_alias_on_the_validation_split(trained):
     cfg, client, run = trained
     before = len(client.get_metric_history(run.info.run_id, mn.RANK))
-    out = evaluate_cli(cfg, "model_uri=models:/cxr-eval-test@champion", "split=val", "evaluation.plots=false")
+    out = evaluate_cli(cfg, f"model_uri=models:/{TINY_MODEL}@champion", "split=val", "evaluation.plots=false")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "on the val split" in out.stdout
     assert len(client.get_metric_history(run.info.run_id, mn.RANK)) == before + 1

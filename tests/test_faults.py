@@ -159,6 +159,7 @@ def test_ctrl_c_mid_fit_ends_the_run_killed_with_one_line_and_exit_130(tmp_path)
     assert ended.info.status == "KILLED" and "KeyboardInterrupt" in ended.data.tags["cxr.killed_reason"]
 
 
+@pytest.mark.backend
 def test_a_ctrl_c_swallowed_mid_batch_is_raised_again_at_the_next_batch():
     """As jaxlib's array-to-NumPy conversion swallows it inside Keras' JAX fit loop: here a handler that
     catches the KeyboardInterrupt stands in for the C extension, around a real SIGINT."""
@@ -348,6 +349,7 @@ with open_reporter(OmegaConf.structured(job)).heartbeat():
 """
 
 
+@pytest.mark.slow  # waits out a grace period twice
 def test_a_trial_beats_from_the_process_that_runs_it_and_once_that_dies_is_failed_and_queued_again(tmp_path):
     """The job's side alone, in its own process as a joblib worker runs it: no sweeper beats for it."""
     from optuna.distributions import FloatDistribution

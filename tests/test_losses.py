@@ -23,6 +23,8 @@ from .conftest import CONF
 
 EPS = 1e-7
 
+pytestmark = pytest.mark.backend  # losses are backend ops: CI runs them again on JAX
+
 # Training labels the fixed-weight losses learn from: per class 2/8, 4/8 and 0/8 positives.
 TRAIN = np.array(
     [[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 1, 0]], float

@@ -17,6 +17,8 @@ from cxr.models import build_model
 from cxr.training.callbacks import monitored
 from cxr.training.metrics import epoch_metrics
 
+pytestmark = pytest.mark.backend  # Keras metrics accumulate in backend ops: CI runs them again on JAX
+
 RNG = np.random.default_rng(7)
 Y = (RNG.random((50, 14)) < 0.2).astype(np.float32)
 P = np.clip(Y * 0.35 + RNG.random((50, 14)) * 0.7, 0, 1).astype(np.float32)
@@ -66,7 +68,6 @@ def test_undefined_ratios_are_zero_like_sklearn_zero_division():
 
 
 # ------------------------------------------------------------------ AUC over findings present
-@pytest.mark.backend
 def test_epoch_auc_leaves_out_a_finding_without_positives():
     """Keras's multi-label AUC scores the all-negative third label as 0 (0.667); ours averages the two."""
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]], np.float32)
@@ -83,7 +84,6 @@ def real_sample_labels(shared_data) -> tuple[pd.DataFrame, np.ndarray]:
     return table, table[list(NIH_PATHOLOGIES)].to_numpy(np.float32)
 
 
-@pytest.mark.backend
 def test_epoch_auc_equals_evaluations_mean_auc_on_real_images_with_absent_findings(shared_data):
     """A model validated in `fit` logs the val_auc that evaluation reports as val_auc_mean for the same
     predictions, though most findings have no positive among the real images. The epoch AUC is Keras's
@@ -106,7 +106,6 @@ def test_epoch_auc_equals_evaluations_mean_auc_on_real_images_with_absent_findin
     assert float(keras_auc.result()) == pytest.approx(history.history["val_auc"][-1] * present / 14, abs=1e-3)
 
 
-@pytest.mark.backend
 def test_epoch_auc_is_within_0002_of_the_exact_mean_on_spread_scores(shared_data):
     """Real NIH labels of 2,000 images (Hernia absent from them), scores of a fair classifier, in batches."""
     meta = pd.read_csv(shared_data / "nih-meta" / "Data_Entry_2017_v2020.csv.gz", nrows=3000)

@@ -49,12 +49,14 @@ def test_every_registered_model_has_a_test_config():
     assert set(MODELS) == set(CONFIGS)
 
 
+@pytest.mark.backend
 def test_grey_to_imagenet_equals_densenet_preprocessing_of_the_rgb_copy():
     grey = images(2, size=8)
     expected = densenet.preprocess_input(np.repeat(grey, 3, axis=-1).astype(np.float32))
     np.testing.assert_allclose(np.asarray(GreyToImageNet()(grey)), expected, atol=1e-5)
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_each_model_builds_and_takes_one_training_step(name):
     model = build_model(model_cfg(name), SIZE, NUM_CLASSES)
@@ -81,6 +83,7 @@ AUGMENT = OmegaConf.structured(
 )
 
 
+@pytest.mark.backend
 def test_augmentation_is_a_block_before_the_preprocessing_and_off_when_unset():
     model = build_model(model_cfg("small_cnn"), SIZE, NUM_CLASSES, augment=AUGMENT)
     names = [layer.name for layer in model.layers]
@@ -99,6 +102,7 @@ def test_augmentation_is_a_block_before_the_preprocessing_and_off_when_unset():
     assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 255 and not np.allclose(moved, x)
 
 
+@pytest.mark.backend
 def test_augmentation_changes_outputs_in_training_mode_only():
     cfg = model_cfg("small_cnn", dropout=0.0)  # nothing else random, so any change is augmentation's
     keras.utils.set_random_seed(0)
@@ -130,6 +134,7 @@ def sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
+@pytest.mark.backend
 def test_cbam_matches_the_paper_and_keeps_the_shape():
     x = np.random.default_rng(0).normal(size=(2, 5, 6, 32)).astype(np.float32)
     cbam = CBAM(reduction=8, kernel_size=3)
@@ -156,6 +161,7 @@ def test_cbam_matches_the_paper_and_keeps_the_shape():
     np.testing.assert_allclose(out, refined * sigmoid(conv)[..., None], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.backend
 def test_attention_layers_round_trip_through_their_config():
     for layer in (CBAM(4, 5), ChannelAttention(4), SpatialAttention(5)):
         clone = type(layer).from_config(layer.get_config())
@@ -164,6 +170,7 @@ def test_attention_layers_round_trip_through_their_config():
         ChannelAttention(0)
 
 
+@pytest.mark.backend
 def test_weights_from_a_local_file_are_loaded(tmp_path):
     source = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     path = tmp_path / "densenet121.weights.h5"

@@ -16,6 +16,8 @@ from cxr.serving.pyfunc import CxrModel, ModelSpec
 
 SIZE = 32
 
+pytestmark = pytest.mark.backend  # batched inference on the running backend
+
 
 @pytest.fixture(scope="module")
 def keras_model():

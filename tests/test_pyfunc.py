@@ -24,6 +24,8 @@ from cxr.serving.pyfunc import CxrModel, ModelSpec, log_model, run_model_uri
 
 NAMES = ["Atelectasis", "Effusion", "Mass"]
 
+pytestmark = pytest.mark.backend  # serving: members predict on the running backend
+
 
 def tiny(size: int, seed: int):
     import keras
@@ -81,7 +83,6 @@ def test_base64_frames_in_and_out_and_a_bad_row_is_named(ensemble):
 
 
 @pytest.mark.slow
-@pytest.mark.backend
 def test_a_logged_model_loads_in_a_fresh_process_and_reproduces(ensemble, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)

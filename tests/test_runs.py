@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr.tracking import runs as tracking
-from tests.conftest import real_nih_overrides, real_nih_release, store_overrides
+from tests.conftest import store_overrides
 
 
 @pytest.fixture
@@ -111,24 +107,13 @@ def test_a_relative_sqlite_uri_keeps_its_artifacts_beside_it(compose_cfg, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_real_run_started_elsewhere_keeps_its_artifacts_with_the_tracking_uri(shared_data, tmp_path):
-    """`python -m cxr.train` from another folder with MLFLOW_TRACKING_URI set: the model and every
-    other artifact land beside that database, nothing in the working directory's mlruns/."""
-    release = real_nih_release(shared_data, tmp_path / "release")
-    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    overrides = [o for o in real_nih_overrides(release, tmp_path) if not o.startswith("tracking.")]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
-    out = subprocess.run(
-        [sys.executable, "-m", "cxr.train", *overrides],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+def test_a_real_run_started_elsewhere_keeps_its_artifacts_with_the_tracking_uri(real_run):
+    """`python -m cxr.train` from another folder with MLFLOW_TRACKING_URI set (tests/conftest.py): the
+    model and every other artifact land beside that database, nothing in the working directory's mlruns/."""
+    assert real_run.out.returncode == 0, real_run.out.stderr[-3000:]
+    client = MlflowClient(real_run.uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cxr").experiment_id])
+    store = real_run.store
     assert run.info.artifact_uri.startswith((store / "artifacts" / "cxr").as_uri())
     assert list((store / "artifacts").rglob("config.yaml")) and list((store / "artifacts").rglob("MLmodel"))
-    assert not (elsewhere / "mlruns").exists()
+    assert not (real_run.elsewhere / "mlruns").exists()

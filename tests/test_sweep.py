@@ -276,7 +276,6 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path, data_root):
     assert table["params_trainer.optimizer.name"].tolist() == ["sgd"] and table["count"].tolist() == [1]
 
 
-@pytest.mark.slow
 def prepare(data, tmp) -> None:
     """The dataset and cache `sweep_args` name, made before several processes would all make them."""
     prepared = run_cli(
@@ -303,6 +302,7 @@ def start_workers(n: int, args: list[str], tmp) -> list[subprocess.Popen]:
     ]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_sqlite_study_run_distinct_trials(tmp_path, data_root):
     prepare(data_root, tmp_path)
     args = sweep_args(

@@ -16,24 +16,16 @@ from cxr.runtime.errors import CxrError
 from cxr.tracking import names as mn
 from cxr.tracking import naming
 from cxr.train import train
-from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
+from tests.conftest import TINY, run_cli, store_overrides
 
 pytestmark = pytest.mark.slow  # each test trains, or starts a process
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One tiny training run shared by the assertions below (training is the slow part)."""
-    tmp = tmp_path_factory.mktemp("run")
-    with hydra_compose() as compose_cfg:
-        cfg = compose_cfg(
-            ["loss=dynamic_bce", "optimized_metric=val/auprc_mean", *TINY, *store_overrides(tmp)]
-        )
-    objective = train(cfg, ["loss=dynamic_bce"])
-    client = MlflowClient(cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
-    (run,) = client.search_runs([experiment.experiment_id])
-    return cfg, client, run, objective
+def finished(tiny_store):
+    """The session's one tiny training run (tests/conftest.py), shared by the assertions below."""
+    client = MlflowClient(tiny_store.cfg.tracking.uri)
+    return tiny_store.cfg, client, client.get_run(tiny_store.run_id), tiny_store.objective
 
 
 @pytest.mark.backend
@@ -68,6 +60,7 @@ def test_run_logs_config_params_tags_and_epoch_history(finished):
 @pytest.mark.backend
 def test_run_logs_config_split_and_history_artifacts(finished, tmp_path):
     cfg, client, run, _ = finished
+    mlflow.set_tracking_uri(cfg.tracking.uri)  # runs:/ URIs resolve against it; other tests set theirs
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "split.csv", "history.csv"} <= names
     config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
@@ -107,28 +100,29 @@ def _only_run(cfg):
     return run
 
 
-def test_a_run_that_raises_ends_failed(compose_cfg, tmp_path):
+def test_a_run_that_raises_ends_failed(compose_cfg, tmp_path, tiny_data):
     # a bad value is refused before the run starts (tests/test_config.py); this name is known only
     # once the run has its metrics
-    cfg = compose_cfg([*TINY, *store_overrides(tmp_path), "optimized_metric=val/auc/Nosuch"])
+    cheap = ["trainer.epochs=1", "evaluation.bootstrap.resamples=0", "evaluation.plots=false"]
+    overrides = [*TINY, *store_overrides(tmp_path, tiny_data), *cheap]
+    cfg = compose_cfg([*overrides, "optimized_metric=val/auc/Nosuch"])
     with pytest.raises(CxrError, match="val/auc/Nosuch"):
         train(cfg)
     assert _only_run(cfg).info.status == "FAILED"
 
 
-def test_a_run_with_a_bug_ends_failed(compose_cfg, tmp_path):
-    cfg = compose_cfg([*TINY, *store_overrides(tmp_path), "model.dropout=1.5"])
+def test_a_run_with_a_bug_ends_failed(compose_cfg, tmp_path, tiny_data):
+    cfg = compose_cfg([*TINY, *store_overrides(tmp_path, tiny_data), "model.dropout=1.5"])
     with pytest.raises(ValueError):
         train(cfg)
     assert _only_run(cfg).info.status == "FAILED"
 
 
 @pytest.mark.backend
-def test_cli_runs_and_prints_run_id_auc_and_ui_command(tmp_path):
+def test_cli_runs_and_prints_run_id_auc_and_ui_command(tmp_path, tiny_data):
     tiny = [o for o in TINY if not o.startswith("trainer.verbose")]  # auto: one line per epoch, no TTY
-    out = run_cli(
-        "cxr.train", "experiment=demo", *tiny, *store_overrides(tmp_path), f"hydra.run.dir={tmp_path}/hydra"
-    )
+    stores = store_overrides(tmp_path, tiny_data)  # TINY's data: TINY overrides the demo's
+    out = run_cli("cxr.train", "experiment=demo", *tiny, *stores, f"hydra.run.dir={tmp_path}/hydra")
     assert out.returncode == 0, out.stderr[-3000:]
     banner = out.stdout.splitlines()[0]
     assert (

@@ -1,8 +1,8 @@
 """The registry end: versions ranked by validation AUC, the top-5 ensemble, promotion by alias.
 
-Real SQLite MLflow store and registry, real Keras models: one tiny run trained by `cxr.train`
-gives the dataset and split every version refers to; six more versions are real small models
-logged as cxr pyfuncs, registered with chosen validation AUCs, at two image sizes.
+Real SQLite MLflow store and registry, real Keras models: a copy of the session's tiny run trained by
+`cxr.train` (tests/conftest.py) gives the dataset and split every version refers to; six more versions
+are real small models logged as cxr pyfuncs, registered with chosen validation AUCs, at two image sizes.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.serving import pyfunc
 from cxr.tracking import names as mn
 from cxr.tracking import versions as model_registry
-from tests.conftest import TINY, hydra_compose, run_cli, store_overrides
+from tests.conftest import TINY_MODEL, run_cli
 
 pytestmark = pytest.mark.slow
 
-NAME = "cxr-registry-test"
+NAME = TINY_MODEL
 # version -> (validation mean AUC tag, test mean AUC metric, image size); version 1 is the trained run
 # (the trained version 1 lands in between: a tiny model's validation AUC is far from both ends)
 PLANTED = {
@@ -66,14 +66,9 @@ def plant_version(
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("registry")
-    overrides = [*TINY, *store_overrides(tmp), f"tracking.registered_model_name={NAME}"]
-    with hydra_compose() as compose_cfg:
-        cfg = compose_cfg(overrides)
-    from cxr.train import train
-
-    train(cfg, overrides)
+def registry(tiny_store, tmp_path_factory):
+    """A copy of the session's tiny run (version 1) and the planted versions 2 to 6 beside it."""
+    cfg = tiny_store.copy(tmp_path_factory.mktemp("registry"))
     client = MlflowClient(cfg.tracking.uri)
     trained = client.get_model_version(NAME, "1")
     for version, (val, test, size) in PLANTED.items():
