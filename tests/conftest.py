@@ -12,6 +12,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -253,3 +254,10 @@ def real_run(real_release, tmp_path_factory) -> RealRun:
         text=True,
     )
     return RealRun(out, uri, store, elsewhere)
+
+
+def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """A file -> size x size uint8 grey, as the training cache stores it (cxr.data.images' two steps)."""
+    from cxr.data.images import read_grey, resize
+
+    return resize(read_grey(path), size)

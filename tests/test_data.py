@@ -176,7 +176,7 @@ def test_random_split_is_patient_level_sized_and_stratified(real_meta):
     shares = split.value_counts(normalize=True)
     for name, share in zip(splits.SPLIT_NAMES, (0.9, 0.05, 0.05), strict=True):
         assert abs(shares[name] - share) <= 0.005
-    deviation = splits.prevalence_deviation(meta, split, NIH_PATHOLOGIES)
+    deviation = prevalence_deviation(meta, split, NIH_PATHOLOGIES)
     assert deviation.to_numpy().max() <= 0.10
     assert deviation.to_numpy().mean() <= 0.02
 
@@ -204,7 +204,7 @@ def test_random_split_on_synthetic_data(tmp_path):
         split_cfg(split="random", split_fractions=[0.8, 0.1, 0.1]),
     )
     assert release.metadata.assign(split=split).groupby("patient_id")["split"].nunique().max() == 1
-    assert splits.prevalence_deviation(release.metadata, split, release.pathologies).to_numpy().mean() <= 0.05
+    assert prevalence_deviation(release.metadata, split, release.pathologies).to_numpy().mean() <= 0.05
 
 
 def _positive_patients(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
@@ -477,3 +477,16 @@ def test_a_logged_split_is_restored_and_missing_images_are_named(tmp_path):
     gone = pd.concat([logged, pd.DataFrame({"image_id": ["zzz.png"], "patient_id": [0], "split": ["test"]})])
     with pytest.raises(CxrError, match="1 images of run abc's split are not in the dataset.*zzz.png"):
         load_prepared(cfg, gone, split_source="run abc", warn=False)
+
+
+def prevalence_deviation(meta: pd.DataFrame, split: pd.Series, pathologies: list[str]) -> pd.DataFrame:
+    """|p_split - p_all| / p_all per finding (rows) and split (columns): how stratified a split is."""
+    labels = meta[list(pathologies)]
+    overall = labels.mean()
+    return pd.DataFrame(
+        {
+            s: (labels[split == s].mean() - overall).abs() / overall
+            for s in splits.SPLIT_NAMES
+            if (split == s).any()
+        }
+    )

@@ -15,13 +15,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cxr.config import DenseNet121CbamConfig, DenseNet121Config, SmallCnnConfig
-from cxr.data.images import load_resized
 from cxr.data.images import resize as resize_grey
 from cxr.models import build_model
 from cxr.models.layers import GreyToImageNet
 from cxr.runtime.errors import CxrError
 from cxr.serving.gradcam import ensemble_gradcam, gradcam, heatmap_at, overlay_png, target_layer
-from tests.conftest import REPO
+from tests.conftest import REPO, load_resized
 
 RNG = np.random.default_rng(0)
 

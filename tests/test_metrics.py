@@ -10,12 +10,12 @@ from omegaconf import OmegaConf
 from sklearn.metrics import confusion_matrix, f1_score, hamming_loss, precision_score, recall_score
 
 from cxr.config import SmallCnnConfig
-from cxr.data.images import load_resized
 from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.evaluation.scoring import evaluate_split
 from cxr.models import build_model
 from cxr.training.callbacks import monitored
 from cxr.training.metrics import epoch_metrics
+from tests.conftest import load_resized
 
 pytestmark = pytest.mark.backend  # Keras metrics accumulate in backend ops: CI runs them again on JAX
 

@@ -59,11 +59,15 @@ def test_grey_to_imagenet_equals_densenet_preprocessing_of_the_rgb_copy():
 @pytest.mark.backend
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_each_model_builds_and_takes_one_training_step(name):
+    jax = keras.backend.backend() == "jax"
+    if jax and name == "densenet121":
+        pytest.skip("on JAX, densenet121_cbam's step runs the same backbone (each costs ~1 min on 2 cores)")
     model = build_model(model_cfg(name), SIZE, NUM_CLASSES)
     assert model.input_shape == (None, SIZE, SIZE, 1) and model.output_shape == (None, NUM_CLASSES)
-    # Tracing DenseNet's training graph costs ~45 s on a 2-core CPU; the eager step runs the same ops.
+    # Tracing DenseNet's training graph costs ~45 s on a 2-core CPU with TensorFlow; the eager step runs
+    # the same ops. On JAX it is the other way round: one jitted step takes ~55 s, an eager one ~175 s.
     # Graph-mode training is covered by the small CNN here and by every training-run test.
-    eager = name != "small_cnn"
+    eager = name != "small_cnn" and not jax
     model.compile(
         optimizer="adam",
         loss=DynamicWeightedBCE(),

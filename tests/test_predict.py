@@ -8,11 +8,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from cxr.config import SmallCnnConfig
-from cxr.data.images import load_resized
 from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.models import build_model
 from cxr.serving.inference import predict_files
 from cxr.serving.pyfunc import CxrModel, ModelSpec
+from tests.conftest import load_resized
 
 SIZE = 32
 

@@ -51,11 +51,6 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
-    """A file -> size x size uint8 grey, as the training cache stores it."""
-    return resize(read_grey(path), size)
-
-
 def read_image(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, int], str | None]:
     """(pixels, source (height, width), None), or (None, (0, 0), "path: reason") for a file that
     cannot be read as an image (oversized ones included: PIL's DecompressionBombError)."""

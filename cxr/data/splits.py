@@ -79,15 +79,6 @@ def stratify_patients(
     return assignment[codes]
 
 
-def prevalence_deviation(meta: pd.DataFrame, split: pd.Series, pathologies: Sequence[str]) -> pd.DataFrame:
-    """|p_split - p_all| / p_all per finding (rows) and split (columns): how stratified a split is."""
-    labels = meta[list(pathologies)]
-    overall = labels.mean()
-    return pd.DataFrame(
-        {s: (labels[split == s].mean() - overall).abs() / overall for s in SPLIT_NAMES if (split == s).any()}
-    )
-
-
 def _check_known(names: list[str], known: pd.Series, list_name: str) -> None:
     unknown = sorted(set(names) - set(known))
     if unknown:
