@@ -381,6 +381,26 @@ class PredictConfig:
     tracking: TrackingConfig = MISSING
 
 
+@dataclass
+class AppConfig:
+    """`python -m cxr.app model=models:/NAME@champion`: the web page and API on one model (docs/app.md)."""
+
+    model_uri: str = MISSING  # as cxr.predict's (`model=` on the command line), or a local model folder
+    host: str = "127.0.0.1"  # anything else is reachable from other machines, without TLS
+    port: int = 8000
+    token: str | None = None  # required as a bearer token by the API and the page (or CXR_APP_TOKEN)
+    max_file_mb: float = 25.0
+    max_files: int = 32  # per request
+    max_pixels: int = 89_478_485  # per image, width x height: PIL's cap, as cxr.prepare reads files
+    batch_size: int = 16  # images per forward pass, shared by concurrent requests
+    batch_wait_ms: float = 5.0  # how long a pass waits for requests still being read
+    keep_uploads: str | None = None  # a folder to keep each upload in (named by a random id); null: none
+    operating_point: str | None = None  # the thresholds the page starts at; null: the validation ones
+    preview_px: int = 1024  # the longest side of the image the page shows
+    mlflow_ui: str | None = None  # e.g. http://127.0.0.1:5000: the page links the model's run there
+    tracking: TrackingConfig = MISSING
+
+
 # ---------------------------------------------------------------- validation
 MONITOR_MODES = ("min", "max")
 
@@ -465,6 +485,16 @@ def check_predict(cfg: PredictConfig) -> None:
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
 
 
+def check_app(cfg: AppConfig) -> None:
+    """`cxr.app`'s own values, before the model is loaded."""
+    _require(1 <= cfg.port <= 65535, "port", cfg.port, "give a TCP port, 1 to 65535")
+    _require(cfg.max_file_mb > 0, "max_file_mb", cfg.max_file_mb, "give a positive size in MB")
+    for key in ("max_files", "max_pixels", "batch_size", "preview_px"):
+        _require(_positive_int(cfg[key]), key, cfg[key], "give 1 or more")
+    _require(cfg.batch_wait_ms >= 0, "batch_wait_ms", cfg.batch_wait_ms, "give 0 (no waiting) or more")
+    _require(cfg.token is None or len(cfg.token) > 0, "token", "***", "give a non-empty token, or none")
+
+
 def check_training(cfg: Config) -> None:
     """Every value of a training config, before any data is read or model built: one CxrError naming
     the key, the value and what to give instead. Hydra has already checked types and key names."""
@@ -499,6 +529,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "ensemble_schema"): EnsembleConfig,
     (None, "promote_schema"): PromoteConfig,
     (None, "predict_schema"): PredictConfig,
+    (None, "app_schema"): AppConfig,
     ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
     ("dataset", "schema_nih"): NihDatasetConfig,
     ("model", "schema_small_cnn"): SmallCnnConfig,

@@ -17,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from cxr.config import (
     CONF_DIR,
+    check_app,
     check_evaluation,
     check_predict,
     check_training,
@@ -33,12 +34,14 @@ CONFIG_NAMES = {
     "ensemble": "ensemble",
     "promote": "promote",
     "predict": "predict",
+    "app": "app",
 }
 CHECKS = {
     "train": check_training,
     "evaluate": lambda cfg: check_evaluation(cfg.evaluation),
     "ensemble": lambda cfg: check_evaluation(cfg.evaluation),
     "predict": check_predict,
+    "app": check_app,
 }
 PLACEHOLDERS = {"version=N": "version=1"}  # written for a reader to fill in
 FLAGS_WITH_VALUES = ("--cfg", "-c", "--info", "-i")  # Hydra's flags that take a word after them
@@ -111,7 +114,7 @@ def test_a_documented_command_line_composes_and_passes_the_value_checks(page, li
     arguments = [PLACEHOLDERS.get(w, w) for w in words[start + 3 :]]
     if "--config-dir" in arguments:
         pytest.skip("a config folder of the reader's own (docs/extending.md)")
-    if command == "predict":
+    if command in ("predict", "app"):
         arguments = model_alias(arguments)
     register_configs()
     GlobalHydra.instance().clear()

@@ -232,15 +232,32 @@ def overlay_png(
     colormap: str = "jet",
     alpha: float = OVERLAY_ALPHA,
 ) -> Path:
-    """Write the (H, W) grey uint8 image with the (H, W) heatmap blended on top as an (H, W) RGB PNG.
+    """Write the (H, W) grey uint8 image with the (H, W) heatmap blended on top as an (H, W) RGB PNG
+    (`blend`), creating its folder."""
+    picture = blend(image, heatmap, title, colormap, alpha)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, format="PNG")
+    return path
 
-    Composed with NumPy and PIL rather than a matplotlib figure, so the PNG has exactly the
+
+def blend(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    title: str | None = None,
+    colormap: str = "jet",
+    alpha: float = OVERLAY_ALPHA,
+) -> Image.Image:
+    """The (H, W) grey uint8 image with the (H, W) heatmap blended on top, as an (H, W) RGB picture
+    (alpha=1: the colour-mapped heatmap alone, for a viewer that blends it itself).
+
+    Composed with NumPy and PIL rather than a matplotlib figure, so the picture has exactly the
     image's pixels (no axes, margins or resampling) and can be laid over the original.
     """
     image, heatmap = np.asarray(image), np.asarray(heatmap, dtype=np.float32)
     if image.ndim != 2 or image.dtype != np.uint8 or heatmap.shape != image.shape:
         raise ValueError(
-            f"overlay_png expects an (H, W) uint8 image and a heatmap of the same shape, got "
+            f"blend expects an (H, W) uint8 image and a heatmap of the same shape, got "
             f"{image.dtype} {image.shape} and {heatmap.shape}"
         )
     colour = matplotlib.colormaps[colormap](np.clip(heatmap, 0.0, 1.0))[..., :3]
@@ -252,10 +269,7 @@ def overlay_png(
         outline = max(1, image.shape[0] // 256)
         draw = ImageDraw.Draw(picture)
         draw.text((4, 4), title, fill="white", font=font, stroke_width=outline, stroke_fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path, format="PNG")
-    return path
+    return picture
 
 
 def _safe(name: str) -> str:

@@ -184,3 +184,6 @@ THRESHOLDS_ARTIFACT = "evaluation/thresholds.json"
 def per_disease_table(split: str, what: str = "per_disease") -> str:
     """`evaluation/<split>_per_disease.csv` (an ensemble's members: `what="members_per_disease"`)."""
     return f"evaluation/{split}_{what}.csv"
+
+
+REPORT_CARD_ARTIFACT = "report.html"  # a run's report card (issue 21), linked from cxr.app's page
