@@ -356,5 +356,3 @@ def test_the_page_in_a_real_browser(app_server, shared_data, tmp_path):
     assert len(calls) == 14
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 20, "the screenshot is blank"
-    if os.environ.get("CXR_APP_SCREENSHOT"):  # docs/app.md's picture, taken by hand with the demo champion
-        shutil.copy(shot, os.environ["CXR_APP_SCREENSHOT"])

@@ -30,6 +30,7 @@ from cxr.serving.app.uploads import Limits, UploadError
 from cxr.serving.gradcam import blend, ensemble_gradcam
 
 HERE = Path(__file__).resolve().parent
+WARM_UP_BATCHES = (1, 2, 3)  # batch shapes traced at start (Keras's predict step retraces per new shape)
 TOKEN_COOKIE = "cxr_token"
 FILE_FIELD, FINDING_FIELD, OPACITY_FIELD, TOKEN_FIELD = "file", "finding", "opacity", "token"
 
@@ -93,6 +94,14 @@ def preview(pixels: np.ndarray, side: int) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
+def warm_up(model) -> None:
+    """Trace the model's predict step before the first user waits for it: a few seconds for a DenseNet
+    on a CPU, once per new batch shape until Keras generalises the batch dimension (after two)."""
+    blank = np.zeros((model.spec.image_sizes[0],) * 2, np.uint8)
+    for count in WARM_UP_BATCHES:
+        model.probabilities([blank] * count)
+
+
 def create_app(model, identity: Identity, settings: Settings, report_card: bytes | None = None) -> FastAPI:
     """The app around `model` (a loaded CxrModel); `identity` is what `/api/model` and the page show."""
     batcher = Batcher(model.probabilities, settings.batch_size, settings.batch_wait_ms / 1000.0)
@@ -102,6 +111,7 @@ def create_app(model, identity: Identity, settings: Settings, report_card: bytes
     @asynccontextmanager
     async def lifespan(_app):
         await batcher.start()
+        await batcher.call(warm_up, model)
         yield
         await batcher.stop()
 

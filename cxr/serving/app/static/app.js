@@ -45,7 +45,7 @@ function showIdentity(m) {
   addRow(list, "test mean AUC", auc(m.metrics.test));
   for (const [key, value] of Object.entries(m.data || {})) addRow(list, key, value);
   addRow(list, "input size", m.image_sizes.map((s) => `${s} px`).join(", "));
-  for (const [i, member] of m.members.entries()) {
+  for (const [i, member] of (m.kind === "ensemble" ? m.members : []).entries()) {
     const parts = Object.entries(member).map(([k, v]) => `${k} ${typeof v === "number" ? fmt(v) : v}`);
     addRow(list, `member ${i + 1}`, parts.join(", "));
   }
