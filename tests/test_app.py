@@ -163,6 +163,69 @@ def test_dicom_monochrome1_is_inverted_and_a_window_scales_like_the_cache():
     assert np.all(np.diff(windowed[inside].astype(int)) >= 0) and 0 < windowed[inside].mean() < 255
 
 
+# ---------------------------------------------------------------- config and thresholds (no server)
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("port=0", "port"),
+        ("max_files=0", "max_files"),
+        ("max_file_mb=0", "max_file_mb"),
+        ("batch_size=0", "batch_size"),
+    ],
+)
+def test_a_bad_setting_is_named_before_the_model_loads(override, key):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cxr.app import build
+    from cxr.config import CONF_DIR, register_configs
+    from cxr.runtime.errors import CxrError
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("app", ["model_uri=models:/nothing@champion", override])
+    finally:
+        GlobalHydra.instance().clear()
+    with pytest.raises(CxrError, match=f"^{key}="):
+        build(cfg)
+
+
+def test_operating_points_are_the_validation_thresholds_and_any_the_spec_carries():
+    from types import SimpleNamespace
+
+    from cxr.serving.app.identity import operating_points
+    from cxr.serving.app.server import ranked
+
+    old = SimpleNamespace(thresholds={"A": 0.5, "B": None})
+    assert operating_points(old) == {"validation": {"A": 0.5, "B": None}}
+    new = SimpleNamespace(thresholds={"A": 0.5, "B": None}, operating_points={"spec90": {"A": 0.2, "B": 0.9}})
+    assert list(operating_points(new)) == ["validation", "spec90"]
+    rows = ranked(["A", "B"], np.array([0.3, 0.95]), operating_points(new)["spec90"])
+    assert [(r["finding"], r["positive"]) for r in rows] == [("B", True), ("A", True)]
+    rows = ranked(["A", "B"], np.array([0.3, 0.95]), operating_points(new)["validation"])
+    assert [(r["finding"], r["positive"]) for r in rows] == [
+        ("B", False),
+        ("A", False),
+    ]  # no threshold: no call
+
+
+@pytest.mark.slow  # a new SQLite store: seconds of migrations
+def test_a_runs_report_card_is_found_and_served(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cxr.serving.app.identity import report_card
+    from cxr.tracking.names import REPORT_CARD_ARTIFACT
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("cards", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    assert report_card(client, run_id) is None and report_card(client, None) is None
+    client.log_text(run_id, "<html>card</html>", REPORT_CARD_ARTIFACT)
+    assert report_card(client, run_id) == b"<html>card</html>"
+
+
 # ---------------------------------------------------------------- batching (no server)
 def test_requests_that_arrive_while_the_model_is_busy_share_one_pass():
     """The first request holds the model; three more queue up meanwhile and go through in one pass."""
@@ -274,6 +337,11 @@ def test_dicoms_without_usable_pixels_get_a_clear_message(app_server):
     assert reply.status_code == 422 and "cannot be decoded" in detail and JPEG2000Lossless in detail
     assert PATIENT not in reply.text
 
+    header = {"Rows": 10000, "Columns": 10000, "TransferSyntaxUID": JPEG2000Lossless}
+    huge = dicom_bytes(np.zeros((8, 8), np.uint8), payload="encapsulated", **header)  # caught before decoding
+    reply = app_server.post("/api/predict", [("file", ("c.dcm", huge, "application/dicom"))])
+    assert reply.status_code == 413 and "max_pixels" in reply.json()["detail"]
+
 
 @pytest.mark.slow
 def test_bad_input_gets_its_status_and_a_message_and_the_server_goes_on(app_server, shared_data):
@@ -350,9 +418,17 @@ def test_the_page_in_a_real_browser(app_server, shared_data, tmp_path):
             page.fill("#opacity", "0.5")
             page.screenshot(path=str(shot), full_page=True)
             rows = page.locator(".card.done tbody tr td:nth-child(2)").all_inner_texts()
+            with page.expect_download() as csv:
+                page.click("#csv")
+            table = Path(csv.value.path()).read_text().splitlines()
+            with page.expect_download() as png:
+                page.click(".card .png")
+            overlay = Image.open(png.value.path())
         finally:
             browser.close()
     calls = [float(r) for r in rows]
     assert len(calls) == 14
+    assert len(table) == 2 and table[0].startswith("image,findings,Atelectasis")
+    assert table[1].startswith(f'"{image.name}"') and overlay.size == (1024, 1024)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.std() > 20, "the screenshot is blank"

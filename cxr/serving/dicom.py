@@ -30,6 +30,10 @@ class DicomError(CxrError):
     """A DICOM that cannot become an image: no pixel data, a transfer syntax without a decoder, ..."""
 
 
+class DicomTooLarge(DicomError):
+    """Rows x Columns over the caller's pixel cap, found before the pixels are decoded."""
+
+
 def is_dicom(data: bytes) -> bool:
     """The DICOM file signature (`DICM` after the preamble): what the content says, not the file name."""
     return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC
@@ -43,8 +47,9 @@ def _pydicom():
     return pydicom
 
 
-def read_dicom(data: bytes) -> np.ndarray:
-    """DICOM file bytes -> (H, W) uint8 grey (module docstring); DicomError says why not."""
+def read_dicom(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """DICOM file bytes -> (H, W) uint8 grey (module docstring); DicomError says why not, DicomTooLarge
+    when the header's Rows x Columns exceed `max_pixels`."""
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -52,6 +57,9 @@ def read_dicom(data: bytes) -> np.ndarray:
         raise DicomError(f"not a readable DICOM file ({type(err).__name__})") from None
     if "PixelData" not in ds:
         raise DicomError("the DICOM file has no pixel data (a report or structured document, not an image)")
+    rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    if max_pixels is not None and rows * columns > max_pixels:
+        raise DicomTooLarge(f"{columns} x {rows} pixels is more than the {max_pixels:,} allowed (max_pixels)")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
         raw = ds.pixel_array

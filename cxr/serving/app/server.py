@@ -104,6 +104,7 @@ def warm_up(model) -> None:
 
 def create_app(model, identity: Identity, settings: Settings, report_card: bytes | None = None) -> FastAPI:
     """The app around `model` (a loaded CxrModel); `identity` is what `/api/model` and the page show."""
+    identity.report_card = report_card is not None
     batcher = Batcher(model.probabilities, settings.batch_size, settings.batch_wait_ms / 1000.0)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     pathologies = list(model.pathologies)

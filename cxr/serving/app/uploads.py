@@ -184,12 +184,9 @@ def decode(data: bytes, limits: Limits) -> tuple[str, np.ndarray]:
     kind = sniff(data)
     if kind == "DICOM":
         try:
-            pixels = dicom.read_dicom(data)
+            return kind, dicom.read_dicom(data, limits.max_pixels)
         except dicom.DicomError as err:
-            raise UploadError(422, str(err)) from None
-        if pixels.size > limits.max_pixels:
-            raise UploadError(413, f"{pixels.shape[1]} x {pixels.shape[0]} pixels is more than allowed")
-        return kind, pixels
+            raise UploadError(413 if isinstance(err, dicom.DicomTooLarge) else 422, str(err)) from None
     check_pixels(data, limits)
     try:
         return kind, decode_image(data)
