@@ -13,7 +13,7 @@ import hmac
 import io
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ def warm_up(model) -> None:
 
 def create_app(model, identity: Identity, settings: Settings, report_card: bytes | None = None) -> FastAPI:
     """The app around `model` (a loaded CxrModel); `identity` is what `/api/model` and the page show."""
-    identity.report_card = report_card is not None
+    identity = replace(identity, report_card=report_card is not None)
     batcher = Batcher(model.probabilities, settings.batch_size, settings.batch_wait_ms / 1000.0)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     pathologies = list(model.pathologies)
@@ -121,7 +121,6 @@ def create_app(model, identity: Identity, settings: Settings, report_card: bytes
         summary="Chest X-ray findings from the model the registry promoted",
         lifespan=lifespan,
     )
-    app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def authorised(request: Request) -> bool:
