@@ -65,6 +65,8 @@ class SyntheticGeneratorConfig:
     noise: float = 0.06  # std of pixel noise, in units of the full grey range
     min_prevalence: float = 0.0  # floor on each disease's prevalence, so small sets have positives
     followup_correlation: float = 0.7  # how much a patient's follow-up images share findings
+    # share of test images whose drawn findings (NIH's 8 boxed ones) get boxes in BBox_List_2017.csv
+    box_share: float = 0.5
 
 
 @dataclass
