@@ -220,7 +220,7 @@ def render(
             level = surface - 0.12 * np.abs(c.x - cx) * side * np.sign(c.x - cx)
             fluid = np.clip((c.y - level) / 0.02, 0, 1)
             img += 0.30 * s * fluid * lung_mask
-            mark(("Effusion", cx - rx, surface - 0.12 * rx, cx + rx, cy + ry))  # the meniscus's top at the rim
+            mark(("Effusion", cx - rx, surface - 0.12 * rx, cx + rx, cy + ry))  # from the meniscus's top
     if pos["Infiltration"]:
         _, cx, cy, rx, ry = lung()
         centres = []
@@ -280,7 +280,10 @@ def render(
     return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def _around(finding: str, cx: float, cy: float, rx: float, ry: float) -> tuple[str, float, float, float, float]:
+Place = tuple[str, float, float, float, float]  # finding, x0, y0, x1, y1 in [0, 1] image coordinates
+
+
+def _around(finding: str, cx: float, cy: float, rx: float, ry: float) -> Place:
     """The place of a shape centred at (cx, cy) with half-widths rx, ry."""
     return finding, cx - rx, cy - ry, cx + rx, cy + ry
 
