@@ -162,7 +162,7 @@ def render(
     strength: float,
     noise: float,
     seed: list[int],
-    places: list[tuple[str, float, float, float, float]] | None = None,
+    places: list[Place] | None = None,
 ) -> np.ndarray:
     """A chest-like grey image (uint8) showing the trace of each positive label.
 
@@ -302,7 +302,7 @@ def write_dataset(cfg: SyntheticGeneratorConfig, folder: Path) -> None:
     meta, labels = sample_metadata(cfg)
     images = folder / "images"
     images.mkdir(parents=True)
-    places: list[list[tuple[str, float, float, float, float]]] = []
+    places: list[list[Place]] = []
     for i, (name, row) in enumerate(
         tqdm(
             zip(meta["Image Index"], labels, strict=True),
@@ -329,7 +329,7 @@ def _boxed_images(test: list[str], share: float, seed: int) -> set[str]:
     return set(np.asarray(test)[rng.random(len(test)) < share].tolist())
 
 
-def box_table(names: pd.Series, places: list[list[tuple]], boxed: set[str]) -> pd.DataFrame:
+def box_table(names: pd.Series, places: list[list[Place]], boxed: set[str]) -> pd.DataFrame:
     """`BBox_List_2017.csv` as NIH writes it (its spelling, its header, 1024 px coordinates) for the
     `boxed` images' drawn findings, each place clipped to the image."""
     spelling = {v: k for k, v in BBOX_SPELLING.items()}
