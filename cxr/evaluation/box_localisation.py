@@ -32,7 +32,6 @@ from cxr.tracking import names as mn
 
 if TYPE_CHECKING:
     from cxr.config import DatasetConfig, EvaluationConfig, LocalisationConfig
-    from cxr.serving.pyfunc import CxrModel
 
 SPLIT = mn.TEST  # the split NIH boxed: localisation is a test measure, reported and never chosen by
 ImagesAt = Callable[[int, np.ndarray], np.ndarray]  # (input side, table rows) -> (n, side, side) uint8
@@ -130,13 +129,20 @@ def images_of(data: PreparedData, dataset_cfg: DatasetConfig | None = None, **pr
     return at
 
 
-def model_localisation(
-    model: CxrModel, data: PreparedData, cfg: EvaluationConfig, images_at: ImagesAt
-) -> Localisation | None:
-    """A logged cxr model's (one member or an ensemble) localisation, when `cfg` and the data call for it."""
+def localise_and_log(
+    members: Sequence[keras.Model],
+    weights: Sequence[float],
+    images_at: ImagesAt,
+    data: PreparedData,
+    cfg: EvaluationConfig,
+) -> dict[str, float]:
+    """Score and log the model's localisation into the active run when `cfg` and the data call for it;
+    returns its metrics (empty when it was not computed), to join the evaluation's."""
     if not wanted(cfg.localisation, data):
-        return None
-    return localise(model.members, model.spec.weights, images_at, data, cfg)
+        return {}
+    result = localise(members, weights, images_at, data, cfg)
+    log_localisation(result, members, weights, images_at, data, cfg.localisation.gallery)
+    return result.metrics
 
 
 # ------------------------------------------------------------------ logging
