@@ -30,44 +30,57 @@ def measures(top_percents: Sequence[float]) -> tuple[str, ...]:
     return (POINTING, *(iou_measure(p) for p in top_percents), MASS_IN_BOX)
 
 
+def _spans(boxes: np.ndarray, shape: tuple[int, int], pad: float) -> list[tuple[slice, slice]]:
+    """Each x, y, w, h box (grown by `pad` a side) as the rows and columns whose pixel centres it holds."""
+    height, width = shape
+    spans = []
+    for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        # pixel i's centre i + 0.5 lies in [lo, hi] for i in ceil(lo - 0.5) .. floor(hi - 0.5)
+        c0, c1 = max(0, int(np.ceil(x - pad - 0.5))), min(width, int(np.floor(x + w + pad - 0.5)) + 1)
+        r0, r1 = max(0, int(np.ceil(y - pad - 0.5))), min(height, int(np.floor(y + h + pad - 0.5)) + 1)
+        spans.append((slice(r0, max(r0, r1)), slice(c0, max(c0, c1))))
+    return spans
+
+
 def box_mask(shape: tuple[int, int], boxes: np.ndarray, pad: float = 0.0) -> np.ndarray:
     """(H, W) bool: pixels whose centre lies in any of the (k, 4) x, y, w, h boxes grown by `pad` a side."""
-    height, width = shape
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    cols, rows = np.arange(width) + 0.5, np.arange(height) + 0.5
     mask = np.zeros(shape, dtype=bool)
-    for x, y, w, h in boxes:
-        inside_x = (cols >= x - pad) & (cols <= x + w + pad)
-        inside_y = (rows >= y - pad) & (rows <= y + h + pad)
-        mask |= inside_y[:, None] & inside_x[None, :]
+    for rows, cols in _spans(boxes, shape, pad):
+        mask[rows, cols] = True
     return mask
 
 
-def top_mask(heatmap: np.ndarray, percent: float) -> np.ndarray:
-    """The map's top `percent`% pixels (ties at the cut kept; zeros never: they are no evidence)."""
+def top_cuts(heatmap: np.ndarray, top_percents: Sequence[float]) -> np.ndarray:
+    """The value at which each top `percent`% of the map's pixels begins (one partial sort for all)."""
     flat = heatmap.ravel()
-    keep = max(1, int(round(flat.size * percent / 100.0)))
-    cut = np.partition(flat, flat.size - keep)[flat.size - keep]
-    return (heatmap >= cut) & (heatmap > 0)
+    keep = np.maximum(1, np.rint(flat.size * np.asarray(top_percents, np.float64) / 100.0).astype(np.int64))
+    return np.partition(flat, flat.size - keep)[flat.size - keep]
 
 
 def score_map(
     heatmap: np.ndarray, boxes: np.ndarray, tolerance_px: float, top_percents: Sequence[float]
 ) -> dict[str, float]:
-    """Every measure of one (H, W) heatmap against one finding's (k, 4) boxes in the same frame."""
-    heatmap = np.asarray(heatmap, dtype=np.float64)
+    """Every measure of one (H, W) heatmap against one finding's (k, 4) boxes in the same frame.
+
+    The top k% are the pixels at or above the k% cut (ties at the cut kept) that are above 0 (zero is
+    no evidence); IoU compares them with the union of the boxes.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float32)
     scores = dict.fromkeys(measures(top_percents), 0.0)
-    total = heatmap.sum()
+    total = float(heatmap.sum(dtype=np.float64))
     if not total > 0:
         return scores
     inside = box_mask(heatmap.shape, boxes)
-    peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    scores[POINTING] = float(box_mask(heatmap.shape, boxes, tolerance_px)[peak])
-    for percent in top_percents:
-        top = top_mask(heatmap, percent)
-        union = np.count_nonzero(top | inside)
-        scores[iou_measure(percent)] = np.count_nonzero(top & inside) / union if union else 0.0
-    scores[MASS_IN_BOX] = float(heatmap[inside].sum() / total)
+    within = heatmap[inside]
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    spans = _spans(boxes, heatmap.shape, tolerance_px)
+    scores[POINTING] = float(any(r.start <= row < r.stop and c.start <= col < c.stop for r, c in spans))
+    for percent, cut in zip(top_percents, top_cuts(heatmap, top_percents), strict=True):
+        level = max(float(cut), float(np.finfo(np.float32).tiny))  # zeros are never among the top
+        top, both = np.count_nonzero(heatmap >= level), np.count_nonzero(within >= level)
+        union = top + len(within) - both
+        scores[iou_measure(percent)] = float(both / union) if union else 0.0
+    scores[MASS_IN_BOX] = float(within.sum(dtype=np.float64) / total)
     return scores
 
 

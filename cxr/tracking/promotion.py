@@ -38,7 +38,7 @@ def candidates_table(candidates: list[versions.Candidate], metric: str) -> pd.Da
                 "run_id": c.run_id,
             }
         )
-    return pd.DataFrame(rows).set_index("rank")
+    return pd.DataFrame(rows).set_index("rank").fillna("")
 
 
 def _localisation_column(candidate: versions.Candidate) -> dict[str, str]:
