@@ -149,6 +149,19 @@ class _Canvas:
     def blob(self, cx: float, cy: float, sigma: float) -> np.ndarray:
         return np.exp(-(((self.x - cx) ** 2 + (self.y - cy) ** 2) / (2 * sigma**2)))
 
+    def extent(self, finding: str, trace: np.ndarray, floor: float = 0.05) -> Place | None:
+        """Where `trace` exceeds `floor`: the pixels' outer edges, or None where it never does."""
+        rows, cols = np.nonzero(trace > floor)
+        if not len(rows):
+            return None
+        return (
+            finding,
+            cols.min() / self.n,
+            rows.min() / self.n,
+            (cols.max() + 1) / self.n,
+            (rows.max() + 1) / self.n,
+        )
+
     def texture(self, sigma_px: float) -> np.ndarray:
         from scipy.ndimage import gaussian_filter  # scipy only to generate a set, as above
 
@@ -169,7 +182,11 @@ def render(
     `places`, when given, receives (finding, x0, y0, x1, y1) in [0, 1] image coordinates: where each of
     NIH's 8 boxed findings was drawn (`BOX_FINDINGS`), one entry per drawn region.
     """
-    mark = places.append if places is not None else (lambda place: None)
+
+    def mark(place: Place | None) -> None:
+        if places is not None and place is not None:
+            places.append(place)
+
     rng = np.random.default_rng(seed)
     c = _Canvas(resolution, rng)
     pos = dict(zip(NIH_PATHOLOGIES, labels.astype(bool), strict=True))
@@ -220,7 +237,8 @@ def render(
             level = surface - 0.12 * np.abs(c.x - cx) * side * np.sign(c.x - cx)
             fluid = np.clip((c.y - level) / 0.02, 0, 1)
             img += 0.30 * s * fluid * lung_mask
-            mark(("Effusion", cx - rx, surface - 0.12 * rx, cx + rx, cy + ry))  # from the meniscus's top
+            for half in (c.x < 0.5 + jx, c.x >= 0.5 + jx):  # the tilted level can reach the other lung too
+                mark(c.extent("Effusion", fluid * lung_mask * half))
     if pos["Infiltration"]:
         _, cx, cy, rx, ry = lung()
         centres = []
