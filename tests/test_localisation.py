@@ -269,3 +269,17 @@ def test_localisation_is_reported_not_optimised(compose_cfg, tmp_path):
     cfg = compose_cfg(["evaluation.localisation.method=lime"])
     with pytest.raises(CxrError, match="gradcam, gradcampp, hirescam"):
         train(cfg)
+
+
+def test_promotion_shows_the_test_pointing_rate_beside_the_validation_metric():
+    from cxr.tracking.promotion import candidates_table
+    from cxr.tracking.versions import LOCALISATION_TAGS, Candidate, metric_tags
+
+    pooled = mn.localisation(mn.TEST, "pointing_mean")
+    metrics = {mn.RANK: 0.8, pooled: 0.5, mn.interval(pooled)[0]: 0.4, mn.interval(pooled)[1]: 0.6}
+    tags = metric_tags(metrics)
+    assert set(LOCALISATION_TAGS) <= set(tags)
+    boxed = Candidate("m", "2", "r2", 0.8, tags, ())
+    plain = Candidate("m", "1", "r1", 0.7, metric_tags({mn.RANK: 0.7}), ())
+    table = candidates_table([boxed, plain], mn.RANK)
+    assert table["test pointing"].tolist() == ["0.50 [0.40, 0.60]", ""]

@@ -194,7 +194,8 @@ def write_gallery(
         image = read_grey(data.table["path"].iloc[int(pair["row"])])
         found = data.boxes[(data.boxes["row"] == pair["row"]) & (data.boxes["finding"] == finding)]
         scale = np.array([image.shape[1], image.shape[0]] * 2) / BOX_FRAME
-        title = f"{finding} ({pair['rank']}): pointing {pair['pointing']:.0f}, mass {pair['mass_in_box']:.2f}"
+        hit = "hit" if pair["pointing"] else "miss"
+        title = f"{finding} {pair['rank']}: {hit}, {pair['mass_in_box']:.0%} in box"
         target = folder / f"{finding}_{pair['rank']}.png"
         boxes = found[list(COORDINATES)].to_numpy() * scale
         written.append(overlay_png(image, heatmap_at(image.shape, heatmap), target, title=title, boxes=boxes))
