@@ -283,3 +283,19 @@ def test_promotion_shows_the_test_pointing_rate_beside_the_validation_metric():
     plain = Candidate("m", "1", "r1", 0.7, metric_tags({mn.RANK: 0.7}), ())
     table = candidates_table([boxed, plain], mn.RANK)
     assert table["test pointing"].tolist() == ["0.50 [0.40, 0.60]", ""]
+
+
+def test_the_switch_auto_true_false(lesions):
+    from dataclasses import replace
+
+    from cxr.config import LocalisationConfig
+    from cxr.evaluation.box_localisation import wanted
+
+    unboxed = replace(lesions, boxes=None)
+    switch = {
+        value: OmegaConf.structured(LocalisationConfig(enabled=value)) for value in ("auto", True, False)
+    }
+    assert wanted(switch["auto"], lesions) and wanted(switch[True], lesions)
+    assert not wanted(switch[False], lesions) and not wanted(switch["auto"], unboxed)
+    with pytest.raises(CxrError, match="enabled=true, but no test image has an expert box"):
+        wanted(switch[True], unboxed)
