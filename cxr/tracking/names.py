@@ -191,7 +191,7 @@ def per_disease_table(split: str, what: str = "per_disease") -> str:
 LOCALISATION = "localisation"  # a test-split measure: reported, never optimised or ranked by
 LOCALISATION_METHOD_TAG = "cxr.localisation.method"  # the heatmap method the run's scores used
 LOCALISATION_GALLERY = "localisation/gallery"  # <Finding>_best.png, <Finding>_worst.png
-LOCALISATION_RANK = "pointing_mean"  # the pooled measure a registered version carries as a tag
+LOCALISATION_SHOWN = "pointing_mean"  # the pooled measure a version carries as a tag (shown, not ranked by)
 
 
 def localisation(split: str, measure: str, finding: str | None = None) -> str:

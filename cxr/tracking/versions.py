@@ -26,7 +26,7 @@ from cxr.tracking.names import (
 )
 
 RANK_METRIC = metric_names.RANK
-_POINTING = metric_names.localisation(metric_names.TEST, metric_names.LOCALISATION_RANK)
+_POINTING = metric_names.localisation(metric_names.TEST, metric_names.LOCALISATION_SHOWN)
 LOCALISATION_TAGS = (_POINTING, *metric_names.interval(_POINTING))
 
 
