@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
+from cxr.serving.heatmap_methods import HEATMAP_METHODS
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
 from cxr.training.backend import check_trainer
@@ -65,6 +66,8 @@ class SyntheticGeneratorConfig:
     noise: float = 0.06  # std of pixel noise, in units of the full grey range
     min_prevalence: float = 0.0  # floor on each disease's prevalence, so small sets have positives
     followup_correlation: float = 0.7  # how much a patient's follow-up images share findings
+    # share of test images whose drawn findings (NIH's 8 boxed ones) get boxes in BBox_List_2017.csv
+    box_share: float = 0.5
 
 
 @dataclass
@@ -198,6 +201,18 @@ class BootstrapConfig:
 
 
 @dataclass
+class LocalisationConfig:
+    """Heatmaps scored against expert boxes on the test split (docs/localisation.md)."""
+
+    enabled: Any = "auto"  # auto: when the test split has boxed images; true: an error without; false
+    method: str = "gradcam"  # gradcam, hirescam or gradcampp (cxr.serving.heatmap_methods)
+    tolerance_px: float = 0.0  # pointing game: the map's maximum may lie this far outside a box (1024 px)
+    top_percents: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0])  # IoU of the top k% pixels
+    gallery: bool = True  # each finding's best and worst scored image, box over overlay, as artifacts
+    batch_size: int = 8  # images whose heatmaps are held at the boxes' 1024 px frame at once
+
+
+@dataclass
 class EvaluationConfig:
     # decision threshold of the per-epoch recall, precision, specificity, NPV, F1 and Hamming loss
     threshold: float = 0.5
@@ -206,6 +221,7 @@ class EvaluationConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     plots: bool = True  # ROC, precision-recall, confusion matrices and training history as artifacts
     batch_size: int = 64  # prediction batch size
+    localisation: LocalisationConfig = field(default_factory=LocalisationConfig)
 
 
 # ---------------------------------------------------------------- trainer
@@ -436,6 +452,26 @@ def check_evaluation(cfg: EvaluationConfig) -> None:
     _require(b.resamples >= 0, "evaluation.bootstrap.resamples", b.resamples, "give 0 (no intervals) or more")
     _require(0.0 < b.confidence < 1.0, "evaluation.bootstrap.confidence", b.confidence, "give e.g. 0.95")
     _require(_positive_int(cfg.batch_size), "evaluation.batch_size", cfg.batch_size, "give 1 or more")
+    check_localisation(cfg.localisation)
+
+
+LOCALISATION_SWITCH = ("auto", True, False)
+
+
+def check_localisation(cfg: LocalisationConfig) -> None:
+    """`evaluation.localisation`: the switch, the heatmap method, tolerance, top shares, batch size."""
+    key = "evaluation.localisation"
+    _choice(f"{key}.enabled", cfg.enabled, LOCALISATION_SWITCH)
+    _choice(f"{key}.method", cfg.method, list(HEATMAP_METHODS))
+    _require(cfg.tolerance_px >= 0, f"{key}.tolerance_px", cfg.tolerance_px, "give 0 or more pixels")
+    percents = list(cfg.top_percents)
+    _require(
+        bool(percents) and all(0 < p <= 100 for p in percents),
+        f"{key}.top_percents",
+        percents,
+        "give one or more shares in (0, 100], e.g. [5,10,20]",
+    )
+    _require(_positive_int(cfg.batch_size), f"{key}.batch_size", cfg.batch_size, "give 1 or more images")
 
 
 def check_monitor(key: str, name: str) -> None:

@@ -6,6 +6,7 @@ Returns the configured `optimized_metric` (default val/auc_mean), the value swee
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,7 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     # config has passed, so --help, --cfg and a bad value answer at once
     import mlflow
 
+    from cxr.evaluation.box_localisation import images_of, localise_and_log
     from cxr.evaluation.report import evaluate_predictions, log_evaluation
     from cxr.serving.inference import predict_splits
     from cxr.serving.registration import log_trained_model
@@ -108,6 +110,9 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
             log_evaluation(
                 evaluation, cfg.evaluation.plots, pd.DataFrame(history.history).assign(epoch=history.epoch)
             )
+        with tracking.timed("localisation"):
+            located = localise_and_log([model], [1.0], images_of(data), data, cfg.evaluation)
+        evaluation = replace(evaluation, metrics={**evaluation.metrics, **located})
         if (output_dir / mn.HISTORY_ARTIFACT).is_file():
             mlflow.log_artifact(str(output_dir / mn.HISTORY_ARTIFACT))
         objective = _objective(evaluation, cfg.optimized_metric)

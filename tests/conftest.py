@@ -33,6 +33,7 @@ TINY = [
     "trainer.epochs=2",
     "trainer.batch_size=32",
     "trainer.verbose=0",
+    "evaluation.localisation.enabled=false",  # seconds a run; `tiny_store` and re-evaluations score it
 ]
 
 
@@ -155,6 +156,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 TINY_MODEL = "cxr-tiny"  # the registered model of the `tiny_store` run
 TINY_RUN = [
+    "evaluation.localisation.enabled=auto",  # the one tiny training run that scores localisation
     "loss=dynamic_bce",
     "optimized_metric=val/auprc_mean",
     f"tracking.registered_model_name={TINY_MODEL}",

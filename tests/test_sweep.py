@@ -152,18 +152,25 @@ def test_trial_evaluation_overrides_leave_keys_given_on_the_command_line_alone()
     from cxr.sweep.settings import TrialEvaluationConf
 
     cheap = OmegaConf.structured(TrialEvaluationConf)
-    full = OmegaConf.create({"bootstrap": {"resamples": 1000}, "plots": True})
+    full = OmegaConf.create(
+        {"bootstrap": {"resamples": 1000}, "plots": True, "localisation": {"enabled": False}}
+    )
     assert best.trial_overrides(cheap, set()) == [
         "evaluation.bootstrap.resamples=0",
         "evaluation.plots=false",
         "optuna.keep_models=10",
+        "evaluation.localisation.enabled=false",
     ]
-    assert best.trial_overrides(cheap, {"evaluation.plots", "optuna.keep_models"}) == [
-        "evaluation.bootstrap.resamples=0"
-    ]
+    assert best.trial_overrides(
+        cheap, {"evaluation.plots", "optuna.keep_models", "evaluation.localisation.enabled"}
+    ) == ["evaluation.bootstrap.resamples=0"]
     assert best.trials_lack_full_evaluation(cheap, full, set())
     given = {"evaluation.plots", "evaluation.bootstrap.resamples"}
     assert not best.trials_lack_full_evaluation(cheap, full, given)
+    # localisation (a test measure) is left to the best trials' re-evaluation at the end
+    full.localisation.enabled = "auto"
+    assert best.trials_lack_full_evaluation(cheap, full, given)
+    assert not best.trials_lack_full_evaluation(cheap, full, {*given, "evaluation.localisation.enabled"})
     for keep, best_trials in [(0, 0), (2, 3)]:
         with pytest.raises(CxrError, match="keep_models"):
             best.check_trial_evaluation(OmegaConf.create({"keep_models": keep, "best_trials": best_trials}))

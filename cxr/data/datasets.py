@@ -25,12 +25,14 @@ class DatasetTable:
 
     table: pd.DataFrame
     pathologies: tuple[str, ...]
+    boxes: pd.DataFrame | None = None  # the release's expert boxes (nih.read_bboxes), when it has them
 
 
 def _from_release(release: nih.NihRelease, cfg: DatasetConfig) -> DatasetTable:
     meta = release.metadata.copy()
     meta["split"] = splits.assign(meta, release.pathologies, release.train_val, release.test, cfg)
-    return DatasetTable(meta.dropna(subset=["split"]).reset_index(drop=True), release.pathologies)
+    table = meta.dropna(subset=["split"]).reset_index(drop=True)
+    return DatasetTable(table, release.pathologies, release.bounding_boxes())
 
 
 @DATASETS.register("synthetic")

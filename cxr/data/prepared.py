@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cxr.data.boxes import place_boxes
 from cxr.data.cache import PreparedImages, prepare_images
 from cxr.data.datasets import load_table
 from cxr.data.splits import SPLIT_NAMES, apply_split
@@ -34,6 +35,8 @@ class PreparedData:
     patients: np.ndarray  # (N,) patient ids, for the patient-level bootstrap
     rows: dict[str, np.ndarray]  # split -> row indices of its readable images
     cache: PreparedImages
+    # expert boxes on this table's images (cxr.data.boxes.place_boxes); None: the dataset has no box file
+    boxes: pd.DataFrame | None = None
 
     @property
     def image_size(self) -> int:
@@ -93,4 +96,5 @@ def load_prepared(
         patients=table["patient_id"].to_numpy(),
         rows=usable_rows(table, cache.failures),
         cache=cache,
+        boxes=place_boxes(data.boxes, table, data.pathologies, cfg.image_size),
     )

@@ -22,12 +22,25 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cxr.data.boxes import BOX_FRAME
 from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE, NO_FINDING
+from cxr.data.nih import BBOX_FILE, BBOX_SPELLING
 
 if TYPE_CHECKING:
     from cxr.config import SyntheticGeneratorConfig  # a type only: config sits above data
 
 MANIFEST = "generator.json"
+# the findings NIH's box file covers; the generator boxes the same ones, where it drew them
+BOX_FINDINGS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+)
 
 # Which latent factor each disease loads on besides the shared one.
 _FACTOR_OF = {
@@ -136,6 +149,19 @@ class _Canvas:
     def blob(self, cx: float, cy: float, sigma: float) -> np.ndarray:
         return np.exp(-(((self.x - cx) ** 2 + (self.y - cy) ** 2) / (2 * sigma**2)))
 
+    def extent(self, finding: str, trace: np.ndarray, floor: float = 0.05) -> Place | None:
+        """Where `trace` exceeds `floor`: the pixels' outer edges, or None where it never does."""
+        rows, cols = np.nonzero(trace > floor)
+        if not len(rows):
+            return None
+        return (
+            finding,
+            cols.min() / self.n,
+            rows.min() / self.n,
+            (cols.max() + 1) / self.n,
+            (rows.max() + 1) / self.n,
+        )
+
     def texture(self, sigma_px: float) -> np.ndarray:
         from scipy.ndimage import gaussian_filter  # scipy only to generate a set, as above
 
@@ -143,8 +169,24 @@ class _Canvas:
         return t / (t.std() + 1e-9)
 
 
-def render(labels: np.ndarray, resolution: int, strength: float, noise: float, seed: list[int]) -> np.ndarray:
-    """A chest-like grey image (uint8) showing the trace of each positive label."""
+def render(
+    labels: np.ndarray,
+    resolution: int,
+    strength: float,
+    noise: float,
+    seed: list[int],
+    places: list[Place] | None = None,
+) -> np.ndarray:
+    """A chest-like grey image (uint8) showing the trace of each positive label.
+
+    `places`, when given, receives (finding, x0, y0, x1, y1) in [0, 1] image coordinates: where each of
+    NIH's 8 boxed findings was drawn (`BOX_FINDINGS`), one entry per drawn region.
+    """
+
+    def mark(place: Place | None) -> None:
+        if places is not None and place is not None:
+            places.append(place)
+
     rng = np.random.default_rng(seed)
     c = _Canvas(resolution, rng)
     pos = dict(zip(NIH_PATHOLOGIES, labels.astype(bool), strict=True))
@@ -171,7 +213,10 @@ def render(labels: np.ndarray, resolution: int, strength: float, noise: float, s
     img += lung_mask * ribs
 
     heart_w = 0.13 * (1.0 + 0.38 * s * pos["Cardiomegaly"]) * u(0.92, 1.08)
-    img += 0.30 * c.ellipse(0.53 + jx, 0.64 + jy, heart_w, 0.12 * u(0.93, 1.07), soft=0.02)
+    heart_h = 0.12 * u(0.93, 1.07)
+    img += 0.30 * c.ellipse(0.53 + jx, 0.64 + jy, heart_w, heart_h, soft=0.02)
+    if pos["Cardiomegaly"]:
+        mark(_around("Cardiomegaly", 0.53 + jx, 0.64 + jy, heart_w, heart_h))
     img += 0.22 * c.ellipse(0.5 + jx, 0.3 + jy, 0.045, 0.25, soft=0.02) * (1 - lung_mask)
 
     def lung(which: int | None = None):
@@ -184,34 +229,48 @@ def render(labels: np.ndarray, resolution: int, strength: float, noise: float, s
         d = np.abs((c.y - yc) * np.cos(ang) - (c.x - cx) * np.sin(ang))
         band = np.exp(-((d / 0.012) ** 2)) * (np.abs(c.x - cx) < rx * 0.8)
         img += 0.28 * s * band * lung_mask
+        mark(_around("Atelectasis", cx, yc, rx * 0.8, rx * 0.8 * abs(np.sin(ang)) + 0.03))
     if pos["Effusion"]:
         for idx in rng.permutation(2)[: rng.integers(1, 3)]:
             side, cx, cy, rx, ry = lungs[idx]
-            level = cy + ry * u(0.45, 0.7) - 0.12 * np.abs(c.x - cx) * side * np.sign(c.x - cx)
+            surface = cy + ry * u(0.45, 0.7)
+            level = surface - 0.12 * np.abs(c.x - cx) * side * np.sign(c.x - cx)
             fluid = np.clip((c.y - level) / 0.02, 0, 1)
             img += 0.30 * s * fluid * lung_mask
+            for half in (c.x < 0.5 + jx, c.x >= 0.5 + jx):  # the tilted level can reach the other lung too
+                mark(c.extent("Effusion", fluid * lung_mask * half))
     if pos["Infiltration"]:
         _, cx, cy, rx, ry = lung()
+        centres = []
         for _ in range(rng.integers(5, 10)):
-            img += 0.10 * s * c.blob(cx + u(-0.7, 0.7) * rx, cy + u(-0.6, 0.7) * ry, 0.025) * lung_mask
+            centres.append((cx + u(-0.7, 0.7) * rx, cy + u(-0.6, 0.7) * ry))
+            img += 0.10 * s * c.blob(*centres[-1], 0.025) * lung_mask
+        (x0, y0), (x1, y1) = np.min(centres, axis=0), np.max(centres, axis=0)
+        mark(("Infiltration", x0 - 0.05, y0 - 0.05, x1 + 0.05, y1 + 0.05))
     if pos["Mass"]:
         _, cx, cy, rx, ry = lung()
-        img += (
-            0.32 * s * c.ellipse(cx + u(-0.5, 0.5) * rx, cy + u(-0.5, 0.5) * ry, u(0.05, 0.07), u(0.05, 0.07))
-        )
+        mass = (cx + u(-0.5, 0.5) * rx, cy + u(-0.5, 0.5) * ry, u(0.05, 0.07), u(0.05, 0.07))
+        img += 0.32 * s * c.ellipse(*mass)
+        mark(_around("Mass", *mass))
     if pos["Nodule"]:
         _, cx, cy, rx, ry = lung()
         r = u(0.015, 0.025)
-        img += 0.38 * s * c.ellipse(cx + u(-0.6, 0.6) * rx, cy + u(-0.6, 0.6) * ry, r, r, soft=0.005)
+        nodule = (cx + u(-0.6, 0.6) * rx, cy + u(-0.6, 0.6) * ry, r, r)
+        img += 0.38 * s * c.ellipse(*nodule, soft=0.005)
+        mark(_around("Nodule", *nodule))
     if pos["Pneumonia"]:
         _, cx, cy, rx, ry = lung()
-        img += 0.22 * s * c.blob(cx + u(-0.3, 0.3) * rx, cy + u(0.0, 0.5) * ry, 0.065) * lung_mask
+        centre = (cx + u(-0.3, 0.3) * rx, cy + u(0.0, 0.5) * ry)
+        img += 0.22 * s * c.blob(*centre, 0.065) * lung_mask
+        mark(_around("Pneumonia", *centre, 0.13, 0.13))
     if pos["Pneumothorax"]:
         side, cx, cy, rx, ry = lung()
         edge = cx + side * rx * u(0.45, 0.65)
         rim = (side * (c.x - edge) > 0) * (c.y < cy + ry * 0.3) * lung_mask
         img -= rim * (weak * (markings + ribs) + 0.12 * s)
         img += 0.25 * s * np.exp(-(((c.x - edge) / 0.006) ** 2)) * (c.y < cy + ry * 0.3) * lung_mask
+        x0, x1 = sorted((edge - side * 0.01, cx + side * rx))
+        mark(("Pneumothorax", x0, cy - ry, x1, cy + ry * 0.3))
     if pos["Consolidation"]:
         _, cx, cy, rx, ry = lung()
         img += (
@@ -239,6 +298,14 @@ def render(labels: np.ndarray, resolution: int, strength: float, noise: float, s
     return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+Place = tuple[str, float, float, float, float]  # finding, x0, y0, x1, y1 in [0, 1] image coordinates
+
+
+def _around(finding: str, cx: float, cy: float, rx: float, ry: float) -> Place:
+    """The place of a shape centred at (cx, cy) with half-widths rx, ry."""
+    return finding, cx - rx, cy - ry, cx + rx, cy + ry
+
+
 # ------------------------------------------------------------------ writing
 def _official_lists(meta: pd.DataFrame, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     rng = np.random.default_rng([seed, 1])
@@ -253,6 +320,7 @@ def write_dataset(cfg: SyntheticGeneratorConfig, folder: Path) -> None:
     meta, labels = sample_metadata(cfg)
     images = folder / "images"
     images.mkdir(parents=True)
+    places: list[list[Place]] = []
     for i, (name, row) in enumerate(
         tqdm(
             zip(meta["Image Index"], labels, strict=True),
@@ -261,12 +329,34 @@ def write_dataset(cfg: SyntheticGeneratorConfig, folder: Path) -> None:
             unit="img",
         )
     ):
-        pixels = render(row, cfg.resolution, cfg.strength, cfg.noise, [cfg.seed, 2, i])
+        places.append([])
+        pixels = render(row, cfg.resolution, cfg.strength, cfg.noise, [cfg.seed, 2, i], places[-1])
         Image.fromarray(pixels, mode="L").save(images / name)
     meta.to_csv(folder / "Data_Entry_2017.csv", index=False)
     train_val, test = _official_lists(meta, cfg.test_fraction, cfg.seed)
     (folder / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     (folder / "test_list.txt").write_text("\n".join(test) + "\n")
+    boxed = _boxed_images(test, cfg.box_share, cfg.seed)
+    box_table(meta["Image Index"], places, boxed).to_csv(folder / BBOX_FILE, index=False)
+
+
+def _boxed_images(test: list[str], share: float, seed: int) -> set[str]:
+    """A random `share` of the test images, those whose drawn findings get boxes (as NIH boxed 880 of
+    its 25,596 test images)."""
+    rng = np.random.default_rng([seed, 3])
+    return set(np.asarray(test)[rng.random(len(test)) < share].tolist())
+
+
+def box_table(names: pd.Series, places: list[list[Place]], boxed: set[str]) -> pd.DataFrame:
+    """`BBox_List_2017.csv` as NIH writes it (its spelling, its header, 1024 px coordinates) for the
+    `boxed` images' drawn findings, each place clipped to the image."""
+    spelling = {v: k for k, v in BBOX_SPELLING.items()}
+    rows = []
+    for name, drawn in zip(names, places, strict=True):
+        for finding, x0, y0, x1, y1 in drawn if name in boxed else ():
+            (x0, x1), (y0, y1) = np.clip([x0, x1], 0, 1) * BOX_FRAME, np.clip([y0, y1], 0, 1) * BOX_FRAME
+            rows.append((name, spelling.get(finding, finding), x0, y0, x1 - x0, y1 - y0))
+    return pd.DataFrame(rows, columns=["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"])
 
 
 def ensure_dataset(cfg: SyntheticGeneratorConfig, root: str | os.PathLike) -> Path:

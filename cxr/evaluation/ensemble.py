@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 
 from cxr.data.prepared import relocated
 from cxr.data.splits import write_split_csv
+from cxr.evaluation.box_localisation import images_of, localise_and_log
 from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
@@ -150,6 +152,10 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             mlflow.log_artifact(str(write_split_csv(data.table, Path(folder) / SPLIT_ARTIFACT)))
         log_dataset_inputs(data, dataset.name)
         log_evaluation(evaluation, cfg.evaluation.plots)
+        source = {"logged_split": logged_split, "split_source": f"run {candidates[0].run_id}"}
+        images_at = images_of(data, dataset, **source)
+        located = localise_and_log(model.members, spec.weights, images_at, data, cfg.evaluation)
+        evaluation = replace(evaluation, metrics={**evaluation.metrics, **located})
         for split in splits:
             table = side_by_side(
                 {f"v{v}": t[split] for v, t in member_tables.items()}, evaluation.tables[split]

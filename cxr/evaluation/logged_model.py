@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.data.prepared import relocated
 from cxr.data.splits import SPLIT_NAMES
+from cxr.evaluation.box_localisation import SPLIT, images_of, localise_and_log
 from cxr.evaluation.report import evaluate_predictions, log_evaluation, summary_line
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
@@ -69,11 +70,16 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
         model, dataset, splits, cfg.evaluation.batch_size, logged_split, split_source=f"run {run_id}"
     )
     evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
+    source = {"logged_split": logged_split, "split_source": f"run {run_id}"}
+    images_at = images_of(data, dataset, **source)
     with mlflow.start_run(run_id=run_id):
         log_evaluation(evaluation, cfg.evaluation.plots)
         mlflow.set_tag(REEVALUATED_TAG, model_uri)
+        located = {}
+        if cfg.split == SPLIT:
+            located = localise_and_log(model.members, model.spec.weights, images_at, data, cfg.evaluation)
 
-    results = evaluation.metrics
+    results = {**evaluation.metrics, **located}
     log.info(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images)")
     log.info(f"mean AUC [{cfg.evaluation.bootstrap.confidence:.0%} CI]: {summary_line(results, cfg.split)}")
     log.info(f"Logged to MLflow run {run_id} (store {cfg.tracking.uri}); {runs.ui_command(cfg.tracking.uri)}")

@@ -5,6 +5,11 @@ alpha_c the spatial mean of the class score's gradient with respect to channel c
 in two at that layer, features = body(image) and score = head(features), so the gradient is an
 ordinary gradient of `head` with respect to its input on every backend (a TensorFlow tape, `jax.grad`
 over `stateless_call`, torch autograd); the weighting and normalisation are NumPy.
+
+The same features and gradients give the other gradient methods the saliency literature compares
+(`HEATMAP_METHODS`): HiResCAM (Draelos & Carin, 2020) weights each cell by its own gradient instead of
+the channel's mean, so the map shows what the score actually read; Grad-CAM++ (Chattopadhay et al.,
+2018) weights positive gradients by their higher-order terms, for several instances of one finding.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cxr.data.images import read_grey, resize
 from cxr.runtime.errors import CxrError
+from cxr.serving.heatmap_methods import HEATMAP_METHODS
 
 if TYPE_CHECKING:
     from cxr.serving.pyfunc import CxrModel
@@ -153,6 +159,28 @@ def _gradients(split: _Split, images: np.ndarray, class_index: int) -> tuple[np.
     return ops.convert_to_numpy(features), ops.convert_to_numpy(grads)
 
 
+def heatmaps(
+    model: keras.Model,
+    images: np.ndarray,
+    class_index: int,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> np.ndarray:
+    """(N, h, w) float32 maps in [0, 1] by one of `HEATMAP_METHODS`, as `gradcam` describes for Grad-CAM."""
+    combine = HEATMAP_METHODS.get(method)
+    images = np.asarray(images)
+    expected = tuple(model.input_shape[1:])
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise ValueError(f"{method}: model {model.name!r} takes (N, {expected}) images, got {images.shape}")
+    if not 0 <= class_index < model.output_shape[-1]:
+        raise ValueError(f"{method}: class_index {class_index} outside 0..{model.output_shape[-1] - 1}")
+    split = _split(model, layer or target_layer(model))
+    features, grads = _gradients(split, images, class_index)
+    maps = np.maximum(combine(features, grads), 0.0)
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0).astype(np.float32)
+
+
 def gradcam(model: keras.Model, images: np.ndarray, class_index: int, layer: str | None = None) -> np.ndarray:
     """(N, h, w) float32 Grad-CAM maps in [0, 1] at the feature map's resolution, one per image.
 
@@ -168,18 +196,7 @@ def gradcam(model: keras.Model, images: np.ndarray, class_index: int, layer: str
 
     Each map is divided by its maximum; an all-zero map (no positive evidence) stays zero.
     """
-    images = np.asarray(images)
-    expected = tuple(model.input_shape[1:])
-    if images.ndim != 4 or images.shape[1:] != expected:
-        raise ValueError(f"gradcam: model {model.name!r} takes (N, {expected}) images, got {images.shape}")
-    if not 0 <= class_index < model.output_shape[-1]:
-        raise ValueError(f"gradcam: class_index {class_index} outside 0..{model.output_shape[-1] - 1}")
-    split = _split(model, layer or target_layer(model))
-    features, grads = _gradients(split, images, class_index)
-    alpha = grads.mean(axis=(1, 2))  # (N, C)
-    maps = np.maximum(np.einsum("nhwc,nc->nhw", features, alpha), 0.0)
-    peak = maps.max(axis=(1, 2), keepdims=True)
-    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0).astype(np.float32)
+    return heatmaps(model, images, class_index, "gradcam", layer)
 
 
 def heatmap_at(image_shape: tuple[int, int], maps: np.ndarray) -> np.ndarray:
@@ -203,21 +220,42 @@ def _input_size(model: keras.Model) -> int:
     return int(shape[1])
 
 
+def ensemble_heatmaps(
+    models: Sequence[keras.Model],
+    images: Sequence[np.ndarray],
+    class_index: int,
+    shape: tuple[int, int],
+    method: str = "gradcam",
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """(N, H, W) float32: the members' maps of one batch, each brought to `shape`, averaged.
+
+    `images[m]` is the batch as member m takes it, (N, size_m, size_m) or (N, size_m, size_m, 1) uint8
+    at its own input size; `weights` (default equal) are the members' shares, as in the model's mean.
+    The mean is not renormalised: where the members disagree the heatmap is weaker, which is the point.
+    """
+    if not models:
+        raise ValueError("an ensemble heatmap needs at least one model")
+    shares = np.full(len(models), 1.0 / len(models)) if weights is None else np.asarray(weights, np.float64)
+    shares = shares / shares.sum()
+    total = np.zeros((len(images[0]), *shape), dtype=np.float32)
+    for model, batch, share in zip(models, images, shares, strict=True):
+        batch = np.asarray(batch).reshape(len(batch), *model.input_shape[1:])
+        total += np.float32(share) * heatmap_at(shape, heatmaps(model, batch, class_index, method))
+    return total
+
+
 def ensemble_gradcam(models: Sequence[keras.Model], image: np.ndarray, class_index: int) -> np.ndarray:
     """The mean of the members' Grad-CAM maps for one (H, W) grey uint8 image, as (H, W) float32 in [0, 1].
 
     Each member sees the image resized as the cache resizes for its own input size, and its map is
     brought back to (H, W) before averaging, so members at different sizes line up pixel for pixel.
-    The mean is not renormalised: where the members disagree the heatmap is weaker, which is the point.
     """
+    image = np.asarray(image)
     if not models:
         raise ValueError("ensemble_gradcam needs at least one model")
-    image = np.asarray(image)
-    total = np.zeros(image.shape[:2], dtype=np.float32)
-    for model in models:
-        pixels = resize(image, _input_size(model))[None, :, :, None]
-        total += heatmap_at(image.shape, gradcam(model, pixels, class_index)[0])
-    return total / len(models)
+    pixels = [resize(image, _input_size(model))[None] for model in models]
+    return ensemble_heatmaps(models, pixels, class_index, image.shape[:2])[0]
 
 
 def _font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -231,10 +269,11 @@ def overlay_png(
     title: str | None = None,
     colormap: str = "jet",
     alpha: float = OVERLAY_ALPHA,
+    boxes: np.ndarray | None = None,
 ) -> Path:
     """Write the (H, W) grey uint8 image with the (H, W) heatmap blended on top as an (H, W) RGB PNG
     (`blend`), creating its folder."""
-    picture = blend(image, heatmap, title, colormap, alpha)
+    picture = blend(image, heatmap, title, colormap, alpha, boxes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path, format="PNG")
@@ -247,12 +286,14 @@ def blend(
     title: str | None = None,
     colormap: str = "jet",
     alpha: float = OVERLAY_ALPHA,
+    boxes: np.ndarray | None = None,
 ) -> Image.Image:
     """The (H, W) grey uint8 image with the (H, W) heatmap blended on top, as an (H, W) RGB picture
     (alpha=1: the colour-mapped heatmap alone, for a viewer that blends it itself).
 
     Composed with NumPy and PIL rather than a matplotlib figure, so the picture has exactly the
-    image's pixels (no axes, margins or resampling) and can be laid over the original.
+    image's pixels (no axes, margins or resampling) and can be laid over the original. `boxes`,
+    (k, 4) x, y, w, h in the image's pixels, are outlined in white (an expert's, for localisation).
     """
     image, heatmap = np.asarray(image), np.asarray(heatmap, dtype=np.float32)
     if image.ndim != 2 or image.dtype != np.uint8 or heatmap.shape != image.shape:
@@ -264,6 +305,10 @@ def blend(
     grey = image.astype(np.float32)[..., None] / 255.0
     rgb = ((1.0 - alpha) * grey + alpha * colour) * 255.0
     picture = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    for x, y, w, h in np.asarray(boxes if boxes is not None else [], dtype=np.float64).reshape(-1, 4):
+        ImageDraw.Draw(picture).rectangle(
+            (x, y, x + w, y + h), outline="white", width=max(1, len(image) // 128)
+        )
     if title:
         font = _font(image.shape[0])
         outline = max(1, image.shape[0] // 256)

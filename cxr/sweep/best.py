@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 RESAMPLES_KEY = "evaluation.bootstrap.resamples"
 PLOTS_KEY = "evaluation.plots"
 KEEP_MODELS_KEY = "optuna.keep_models"
+LOCALISATION_KEY = "evaluation.localisation.enabled"
 
 
 def trial_overrides(trial_evaluation: TrialEvaluationConf, given: set[str]) -> list[str]:
@@ -35,6 +36,7 @@ def trial_overrides(trial_evaluation: TrialEvaluationConf, given: set[str]) -> l
         RESAMPLES_KEY: trial_evaluation.bootstrap_resamples,
         PLOTS_KEY: trial_evaluation.plots,
         KEEP_MODELS_KEY: "null" if keep is None else keep,
+        LOCALISATION_KEY: trial_evaluation.localisation,
     }
     return [f"{key}={str(value).lower()}" for key, value in wanted.items() if key not in given]
 
@@ -57,7 +59,10 @@ def trials_lack_full_evaluation(
         evaluation.bootstrap.resamples if RESAMPLES_KEY in given else trial_evaluation.bootstrap_resamples
     )
     plots = evaluation.plots if PLOTS_KEY in given else trial_evaluation.plots
-    return resamples < evaluation.bootstrap.resamples or (evaluation.plots and not plots)
+    wanted = evaluation.localisation.enabled
+    localised = wanted if LOCALISATION_KEY in given else trial_evaluation.localisation
+    fewer = resamples < evaluation.bootstrap.resamples or (evaluation.plots and not plots)
+    return fewer or (localised is False and wanted is not False)
 
 
 def best_trials(study: optuna.Study, n: int, direction: str) -> list[optuna.trial.FrozenTrial]:

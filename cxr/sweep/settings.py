@@ -1,6 +1,7 @@
 """The sweeper's typed settings, `hydra.sweeper.*` (hydra_plugins registers them as `cxr_optuna`)."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cxr.tracking import names as metric_names
 
@@ -37,6 +38,9 @@ class TrialEvaluationConf:
     # a finished trial logs and registers its model only while it ranks among the best `keep_models`
     # completed trials of the study (null: every trial); a trial outside them can never enter them later
     keep_models: int | None = 10
+    # evaluation.localisation.enabled of each trial: false, as localisation is a test measure no trial is
+    # chosen by; the best trials re-evaluated at the end get the sweep's own setting (auto by default)
+    localisation: Any = False
 
 
 @dataclass

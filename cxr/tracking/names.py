@@ -103,6 +103,7 @@ def check_spelling(name: str, key: str) -> None:
 def check_validation(name: str, key: str, why: str) -> None:
     """A metric chosen for selecting anything must be a validation one (`why` says what would leak)."""
     check_spelling(name, key)
+    check_not_localisation(name, key)
     if not name.startswith(VAL + SEP):
         raise CxrError(f"{key}={name!r}: choose a validation metric ({RANK}, val/auprc_mean, ...); {why}")
 
@@ -187,3 +188,29 @@ def per_disease_table(split: str, what: str = "per_disease") -> str:
 
 
 REPORT_CARD_ARTIFACT = "report.html"  # a run's report card (issue 21), linked from cxr.app's page
+
+# ---------------------------------------------------------------- localisation against expert boxes
+LOCALISATION = "localisation"  # a test-split measure: reported, never optimised or ranked by
+LOCALISATION_METHOD_TAG = "cxr.localisation.method"  # the heatmap method the run's scores used
+LOCALISATION_GALLERY = "localisation/gallery"  # <Finding>_best.png, <Finding>_worst.png
+LOCALISATION_SHOWN = "pointing_mean"  # the pooled measure a version carries as a tag (shown, not ranked by)
+
+
+def localisation(split: str, measure: str, finding: str | None = None) -> str:
+    """`test/localisation/Mass/pointing` (one finding) or `test/localisation/pointing_mean` (pooled)."""
+    return SEP.join([split, LOCALISATION, *([finding] if finding else []), measure])
+
+
+def localisation_table(split: str, what: str = "localisation") -> str:
+    """`evaluation/test_localisation.csv` per finding; `what="localisation_images"`: per image."""
+    return f"evaluation/{split}_{what}.csv"
+
+
+def check_not_localisation(name: str, key: str) -> None:
+    """Localisation is scored on the test split's boxed images: it is reported, never chosen by."""
+    if f"{SEP}{LOCALISATION}{SEP}" in f"{SEP}{name}":
+        raise CxrError(
+            f"{key}={name!r}: localisation is a test-split measure (NIH's boxes are on test images), so "
+            "it is reported next to the AUCs, not optimised or ranked by; choose a validation metric "
+            f"({RANK}, val/auprc_mean, ...) and compare localisation in the runs' metrics"
+        )

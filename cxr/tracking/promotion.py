@@ -32,12 +32,23 @@ def candidates_table(candidates: list[versions.Candidate], metric: str) -> pd.Da
                 "kind": c.tags.get(names.MODEL_KIND_TAG, ""),
                 metric: f"{c.score:.4f}",
                 "95% CI" if metric == versions.RANK_METRIC else "CI": interval,
+                **_localisation_column(c),
                 "aliases": ",".join(c.aliases),
                 "trial": trial,
                 "run_id": c.run_id,
             }
         )
-    return pd.DataFrame(rows).set_index("rank")
+    return pd.DataFrame(rows).set_index("rank").fillna("")
+
+
+def _localisation_column(candidate: versions.Candidate) -> dict[str, str]:
+    """`test pointing`: the test pointing-game rate with its interval, for versions whose evaluation
+    scored localisation; shown beside the ranking metric, never compared (it is a test measure)."""
+    point, low, high = (candidate.tags.get(tag) for tag in versions.LOCALISATION_TAGS)
+    if point is None:
+        return {}
+    interval = f" [{float(low):.2f}, {float(high):.2f}]" if low and high else ""
+    return {"test pointing": f"{float(point):.2f}{interval}"}
 
 
 def promote(

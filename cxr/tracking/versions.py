@@ -26,6 +26,8 @@ from cxr.tracking.names import (
 )
 
 RANK_METRIC = metric_names.RANK
+_POINTING = metric_names.localisation(metric_names.TEST, metric_names.LOCALISATION_SHOWN)
+LOCALISATION_TAGS = (_POINTING, *metric_names.interval(_POINTING))
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,9 @@ def version_tags(
 
 
 def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
-    """The ranking metric and its interval (when one was computed), as version tags."""
-    keys = (RANK_METRIC, *metric_names.interval(RANK_METRIC))
+    """The ranking metric and its interval (when one was computed), as version tags; the test pointing
+    game's pooled rate too when localisation was scored (shown by `cxr.promote`, never ranked by)."""
+    keys = (RANK_METRIC, *metric_names.interval(RANK_METRIC), *LOCALISATION_TAGS)
     return {key: repr(float(metrics[key])) for key in keys if key in metrics}
 
 
