@@ -76,8 +76,10 @@ def test_base64_frames_in_and_out_and_a_bad_row_is_named(ensemble):
     out = ensemble.predict(None, frame)
     assert list(out.columns) == [*NAMES, "findings"] and len(out) == 2
     np.testing.assert_allclose(out[NAMES].to_numpy(), ensemble.probabilities(images()), rtol=1e-6)
-    with pytest.raises(CxrError, match="row 1 of column 'image' is not a base64-encoded image"):
+    with pytest.raises(CxrError, match="row 1 of column 'image': not a readable image: its content is"):
         ensemble.predict(None, pd.DataFrame({"image": [frame["image"][0], "bm90IGFuIGltYWdl"]}))
+    with pytest.raises(CxrError, match="row 0 of column 'image' is not a base64-encoded image"):
+        ensemble.predict(None, pd.DataFrame({"image": ["not base64!"]}))
     with pytest.raises(CxrError, match="needs a column 'image'"):
         ensemble.predict(None, pd.DataFrame({"picture": ["x"]}))
 

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 from omegaconf import OmegaConf
 
-from cxr.data.images import IMAGE_ERRORS, read_grey
 from cxr.data.pipeline import CacheBatches
 from cxr.data.prepared import PreparedData, load_prepared
+from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.runtime import interrupt
 from cxr.runtime.errors import CxrError
 
@@ -116,34 +116,27 @@ def predict_model_splits(
     return combined(model, member_scores, data), data
 
 
-def _batches(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def predict_files(model: CxrModel, paths: Sequence[str], batch_size: int = 32) -> FilePredictions:
+def predict_files(
+    model: CxrModel, paths: Sequence[str], batch_size: int = 32, max_pixels: int = MAX_IMAGE_PIXELS
+) -> FilePredictions:
     """Score image files (PNG/JPEG of any size; 8/16-bit grey, RGB, RGBA) with a cxr model, in batches.
 
-    `model` is a `cxr.serving.pyfunc.CxrModel`: each member sees the files resized to its own input size. A
+    `model` is a `cxr.serving.pyfunc.CxrModel`: each file is checked and decoded as a served request's
+    rows are (`CxrModel.decoded`, at most `max_pixels` an image) and kept only at the members' sizes. A
     file that cannot be read is named in `failures` with the reason, and the others are still scored.
     """
     readable: list[str] = []
-    scores: list[np.ndarray] = []
+    inputs: list[dict[int, np.ndarray]] = []
     failures: dict[str, str] = {}
-    for chunk in _batches(list(paths), batch_size):
-        images = []
-        for path in chunk:
-            try:
-                images.append(read_grey(path))
-                readable.append(str(path))
-            except IMAGE_ERRORS as err:
-                failures[str(path)] = f"{path}: not a readable image ({type(err).__name__}: {err})"
-        if images:
-            scores.append(model.probabilities(images, batch_size))
-    width = len(model.pathologies)
-    return FilePredictions(
-        readable, np.concatenate(scores) if scores else np.empty((0, width), np.float32), failures
-    )
+    for path in map(str, paths):
+        try:
+            inputs.append(model.decoded(Path(path).read_bytes(), path, max_pixels))
+            readable.append(path)
+        except OSError as err:
+            failures[path] = f"{path}: cannot be read ({err.strerror or err})"
+        except CxrError as err:
+            failures[path] = str(err)
+    return FilePredictions(readable, model.score(inputs, batch_size), failures)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

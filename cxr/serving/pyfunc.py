@@ -10,7 +10,8 @@ so prediction, serving, evaluation and promotion treat both alike.
 
 Served (`mlflow models serve -m models:/NAME@champion`), it takes a DataFrame column `image` of
 base64-encoded PNG/JPEG files of any size and mode and returns, per row, one probability column
-per pathology and `findings`, the pathologies at or above their thresholds.
+per pathology and `findings`, the pathologies at or above their thresholds. Each row is decoded and
+resized on its own, within the limits of `cxr.serving.limits`; a bad row is a 400 with cxr's message.
 """
 
 from __future__ import annotations
@@ -30,21 +31,34 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 import cxr.models  # noqa: F401  (these three register the custom classes the saved members refer to)
 import cxr.training.losses  # noqa: F401
 import cxr.training.metrics  # noqa: F401
-from cxr.data.images import IMAGE_ERRORS, read_grey, resize
+from cxr.data.images import resize
+from cxr.data.untrusted_images import MAX_IMAGE_PIXELS, check_pixels, decode_grey, image_header
 from cxr.runtime.errors import CxrError
+from cxr.serving.limits import Deadline, RequestLimits, decode_slots, served_limits
 from cxr.tracking.naming import model_name
 from cxr.training.backend import backend_packages
 
 SPEC_FILE = "cxr_model.json"
 IMAGE_COLUMN = "image"
 FINDINGS_COLUMN = "findings"
+DECODING = decode_slots()  # full-size decodes at once, across the server's concurrent requests
+
+
+class InvalidRequest(MlflowException, CxrError):
+    """A request's own fault: MLflow's scoring server answers 400 with this message and no stack trace;
+    cxr's commands, which catch CxrError, print it as one line."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 @dataclass
@@ -91,19 +105,35 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         """The ensemble's probabilities from each member's (N, pathologies) probabilities."""
         return np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
 
-    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """(N, pathologies) for grey uint8 images of any size: each member sees them at its own size."""
-        if not len(images):
+    def resized(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
+        """A grey image at every member's input size (once per size, however many members share it)."""
+        return {size: resize(pixels, size) for size in set(self.spec.image_sizes)}
+
+    def decoded(self, data: bytes, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> dict[int, np.ndarray]:
+        """Untrusted image bytes (`cxr.data.untrusted_images.decode_grey`) at every member's input size;
+        only one image is held at full size at a time (DECODING bounds them across threads)."""
+        with DECODING:
+            return self.resized(decode_grey(data, where, max_pixels, side=max(self.spec.image_sizes)))
+
+    def score(
+        self, inputs: Sequence[dict[int, np.ndarray]], batch_size: int = 32, deadline: Deadline | None = None
+    ) -> np.ndarray:
+        """(N, pathologies) for images already at every member's size (`resized`, `decoded`)."""
+        if not len(inputs):
             return np.empty((0, len(self.pathologies)), np.float32)
-        sizes = self.spec.image_sizes
         per_member: list[list[np.ndarray]] = [[] for _ in self.members]
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            # each image resized once per input size, however many members share that size
-            batches = {size: np.stack([resize(img, size) for img in chunk])[..., None] for size in set(sizes)}
-            for scores, member, size in zip(per_member, self.members, sizes, strict=True):
+        for start in range(0, len(inputs), batch_size):
+            if deadline is not None:
+                deadline.check(f"before scoring from image {start + 1} of {len(inputs)}")
+            chunk = inputs[start : start + batch_size]
+            batches = {size: np.stack([i[size] for i in chunk])[..., None] for size in chunk[0]}
+            for scores, member, size in zip(per_member, self.members, self.spec.image_sizes, strict=True):
                 scores.append(np.asarray(member.predict_on_batch(batches[size])))
         return self.combine([np.concatenate(scores) for scores in per_member])
+
+    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """(N, pathologies) for grey uint8 images of any size: each member sees them at its own size."""
+        return self.score([self.resized(img) for img in images], batch_size)
 
     def findings(self, scores: np.ndarray) -> list[list[str]]:
         """Per row, the pathologies at or above their validation-chosen thresholds."""
@@ -113,21 +143,49 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     # ------------------------------------------------------------------ pyfunc
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        if IMAGE_COLUMN not in model_input:
-            raise CxrError(f"input needs a column {IMAGE_COLUMN!r} of base64-encoded PNG/JPEG files")
-        images = [_decode(value, row) for row, value in enumerate(model_input[IMAGE_COLUMN])]
-        scores = self.probabilities(images)
+        try:
+            scores = self.request_scores(model_input, served_limits())
+        except CxrError as err:
+            raise InvalidRequest(str(err)) from None
         out = pd.DataFrame(scores.astype(np.float64), columns=list(self.pathologies))
         out[FINDINGS_COLUMN] = self.findings(scores)
         return out
 
+    def request_scores(self, frame: pd.DataFrame, limits: RequestLimits) -> np.ndarray:
+        """A request's probabilities: every row's header checked first (format, trailing data, pixels per
+        image and in all), then each row decoded and resized on its own, within `limits.seconds`."""
+        deadline = Deadline(limits.seconds)
+        if IMAGE_COLUMN not in frame:
+            raise CxrError(f"input needs a column {IMAGE_COLUMN!r} of base64-encoded PNG/JPEG files")
+        files = [_base64(value, row) for row, value in enumerate(frame[IMAGE_COLUMN])]
+        total = 0
+        for row, data in enumerate(files):
+            header = image_header(data, _where(row))
+            check_pixels(header, _where(row), limits.max_image_pixels)
+            total += header.pixels
+        if total > limits.max_request_pixels:
+            raise CxrError(
+                f"the request's {len(files)} images hold {total:,} pixels, over the limit of "
+                f"{limits.max_request_pixels:,} a request (CXR_MAX_REQUEST_PIXELS): send fewer per request"
+            )
+        inputs = []
+        for row, data in enumerate(files):
+            deadline.check(f"before row {row} was decoded")
+            inputs.append(self.decoded(data, _where(row), limits.max_image_pixels))
+        return self.score(inputs, deadline=deadline)
 
-def _decode(value, row: int) -> np.ndarray:
+
+def _where(row: int) -> str:
+    return f"row {row} of column {IMAGE_COLUMN!r}"
+
+
+def _base64(value, row: int) -> bytes:
+    if isinstance(value, bytes):
+        return value
     try:
-        data = value if isinstance(value, bytes) else base64.b64decode(str(value), validate=True)
-        return read_grey(data)
-    except (binascii.Error, *IMAGE_ERRORS) as err:
-        raise CxrError(f"row {row} of column {IMAGE_COLUMN!r} is not a base64-encoded image: {err}") from None
+        return base64.b64decode(str(value), validate=True)
+    except binascii.Error as err:
+        raise CxrError(f"{_where(row)} is not a base64-encoded image: {err}") from None
 
 
 def load_keras(path: str):
