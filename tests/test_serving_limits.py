@@ -1,6 +1,7 @@
 """A cxr model under `mlflow models serve` against hostile requests: every bad row is a 400 with cxr's
-message and no stack trace, the pixel limits hold before anything is decoded, and a big image within
-them costs the server a bounded amount of memory (its peak RSS, measured around the request)."""
+message and no stack trace, the pixel limits hold before anything is decoded, a big image within
+them costs the server a bounded amount of memory (its peak RSS, measured around the request), and a
+request stops itself before the server's timeout."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr.runtime.errors import CxrError
 from tests.conftest import TINY_MODEL
 from tests.test_untrusted_images import encoded, png_16bit
-
-pytestmark = pytest.mark.slow  # a real server
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,7 @@ def peak_growth(pid: int, send) -> tuple[object, int]:
     return result, _status(pid)["VmHWM"] - before
 
 
+@pytest.mark.slow  # a real server
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak-RSS reset")
 def test_a_huge_image_is_refused_from_its_header_and_a_big_one_costs_a_bounded_amount_of_memory(server):
     process, url = server
@@ -105,6 +106,7 @@ def test_a_huge_image_is_refused_from_its_header_and_a_big_one_costs_a_bounded_a
     )
 
 
+@pytest.mark.slow
 def test_bad_rows_are_a_400_with_cxrs_message_and_no_stack_trace(server):
     _, url = server
     fine = encoded(np.zeros((64, 64), np.uint8), "PNG")
@@ -123,6 +125,7 @@ def test_bad_rows_are_a_400_with_cxrs_message_and_no_stack_trace(server):
     assert status == 200 and len(answer["predictions"]) == 2
 
 
+@pytest.mark.slow
 def test_image_bytes_decode_alike_on_the_server_and_in_process(server, tiny_store):
     """One decoding for both: the served answer is what cxr.predict's CxrModel gives for the bytes."""
     import mlflow
@@ -140,3 +143,32 @@ def test_image_bytes_decode_alike_on_the_server_and_in_process(server, tiny_stor
     expected = model.score([model.decoded(image.getvalue(), "x")])[0]
     served = np.array([answer["predictions"][0][p] for p in model.pathologies])
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_inside_mlflows_scoring_server_a_request_has_a_deadline_before_the_servers_timeout():
+    from cxr.serving.limits import served_limits
+
+    served = {"_MLFLOW_IS_IN_SERVING_ENVIRONMENT": "true", "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "30"}
+    assert served_limits(served).seconds == pytest.approx(24.0)  # 80% of it
+    assert served_limits({"_MLFLOW_IS_IN_SERVING_ENVIRONMENT": "true"}).seconds == pytest.approx(48.0)
+    assert served_limits({}).seconds is None  # cxr.predict, a notebook: no deadline
+    limits = served_limits({"CXR_MAX_IMAGE_PIXELS": "1000", "CXR_MAX_REQUEST_PIXELS": "5000"})
+    assert (limits.max_image_pixels, limits.max_request_pixels) == (1000, 5000)
+    with pytest.raises(CxrError, match="CXR_MAX_REQUEST_PIXELS='lots': give a positive whole number"):
+        served_limits({"CXR_MAX_REQUEST_PIXELS": "lots"})
+
+
+def test_a_request_past_its_deadline_stops_before_its_next_image():
+    import pandas as pd
+
+    from cxr.serving.limits import RequestLimits
+    from cxr.serving.pyfunc import CxrModel, InvalidRequest, ModelSpec
+
+    model = CxrModel.of([], ModelSpec(["Mass"], {"Mass": 0.5}, [32], [1.0]))  # never reaches a member
+    frame = pd.DataFrame({"image": [base64.b64encode(encoded(np.zeros((64, 64), np.uint8), "PNG")).decode()]})
+    with pytest.raises(
+        CxrError,
+        match=r"stopped after 0 s \(80% of the server's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT\), before",
+    ):
+        model.request_scores(frame, RequestLimits(seconds=0.0))
+    assert issubclass(InvalidRequest, CxrError)  # what predict raises: MLflow's server answers 400

@@ -77,7 +77,7 @@ class Deadline:
         self.seconds, self.start = seconds, time.monotonic()
 
     def check(self, done: str) -> None:
-        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+        if self.seconds is not None and time.monotonic() - self.start >= self.seconds:
             raise CxrError(
                 f"the request was stopped after {self.seconds:g} s ({TIMEOUT_SHARE:.0%} of the server's "
                 f"{TIMEOUT_ENV}), {done}: send fewer or smaller images per request, or raise the timeout"
