@@ -288,6 +288,9 @@ class TrackingConfig:
     # was last seen more than orphan_grace_s ago (any host).
     heartbeat_interval_s: float = 30.0
     orphan_grace_s: float = 600.0
+    # user modules (or packages) a model loaded from the store may import: its `imports`, a user's own
+    # layers; cxr imports no others (CXR_TRUSTED_IMPORTS adds to it, and is what `mlflow models serve` reads)
+    trusted_imports: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- sweep job

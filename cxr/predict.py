@@ -34,7 +34,7 @@ def run(cfg: PredictConfig) -> int:
 
     files, failures, folder = collect_images(cfg.images)
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    model = pyfunc.load(cfg.model_uri)
+    model = pyfunc.load(cfg.model_uri, cfg.tracking.trusted_imports)
     result = predict_files(model, files, cfg.batch_size)
     failures.update(result.failures)
     output = Path(cfg.output_dir)

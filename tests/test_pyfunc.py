@@ -97,7 +97,9 @@ def test_a_logged_model_loads_in_a_fresh_process_and_reproduces(ensemble, tmp_pa
         p.name
         for p in Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m"))).rglob("*")
     }
-    assert "pyfunc_code.py" in stored and not [n for n in stored if n.endswith(".pkl")]  # code, no pickle
+    assert not [n for n in stored if n.endswith((".py", ".pkl"))]  # no code, no pickle: data only
+    mlmodel = mlflow.models.Model.load(model_uri).flavors["python_function"]
+    assert mlmodel["loader_module"] == "cxr.serving.loader"  # the installed cxr loads it
     frame = pd.DataFrame({"image": [png_base64(p) for p in images()]})
     frame.to_json(tmp_path / "input.json", orient="split")
     script = (

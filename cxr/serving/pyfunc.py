@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import importlib.metadata as metadata
 import json
 import re
@@ -32,8 +31,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
@@ -44,10 +44,14 @@ from cxr.data.images import resize
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS, check_pixels, decode_grey, image_header
 from cxr.runtime.errors import CxrError
 from cxr.serving.limits import Deadline, RequestLimits, decode_slots, served_limits
+from cxr.serving.trust import check_code_file, import_trusted
 from cxr.tracking.naming import model_name
 from cxr.training.backend import backend_packages
 
 SPEC_FILE = "cxr_model.json"
+ARTIFACT_INDEX = "artifacts.json"  # {artifact name: file name} in the model's data folder
+LOADER_MODULE = "cxr.serving.loader"  # what MLflow imports to load a cxr model (the installed one)
+TRUSTED_IMPORTS_KEY = "trusted_imports"  # in the load context's model_config
 IMAGE_COLUMN = "image"
 FINDINGS_COLUMN = "findings"
 DECODING = decode_slots()  # full-size decodes at once, across the server's concurrent requests
@@ -86,8 +90,9 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.spec = ModelSpec(**json.loads(Path(context.artifacts["spec"]).read_text()))
-        for module in self.spec.imports:  # a model built by the user's own code (a `_target_` option)
-            importlib.import_module(module)
+        # a model built by the user's own code (a `_target_` option) imports it, if it is trusted
+        trusted = (context.model_config or {}).get(TRUSTED_IMPORTS_KEY, [])
+        import_trusted(self.spec.imports, trusted, "the model")
         self.members = [
             load_keras(context.artifacts[f"member_{i}"]) for i in range(len(self.spec.image_sizes))
         ]
@@ -211,17 +216,20 @@ def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | N
     name = model_name(run.info.run_name) if run is not None and run.info.run_name else "model"
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) / "cxr_model"
+        folder.mkdir()
         (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=1))
         artifacts = {"spec": str(folder / SPEC_FILE)}
         for i, member in enumerate(members):
             path = folder / f"member_{i}.keras"
             member.save(path)
             artifacts[f"member_{i}"] = str(path)
+        index = {artifact: Path(path).name for artifact, path in artifacts.items()}
+        (folder / ARTIFACT_INDEX).write_text(json.dumps(index, indent=1))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # code, not a pickle
-            artifacts=artifacts,
+            loader_module=LOADER_MODULE,  # the installed cxr loads it: no code among the artifacts
+            data_path=str(folder),
             signature=ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)])),
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
@@ -259,15 +267,53 @@ def expand_uri(model_uri: str, client: MlflowClient | None = None) -> str:
     return run_model_uri(short.group(1), client) if short else model_uri
 
 
-def load(model_uri: str) -> CxrModel:
+def from_artifacts(artifacts: dict[str, str], trusted_imports: Sequence[str] = ()) -> CxrModel:
+    """A CxrModel from its artifact files ({name: local path}), read as data."""
+    model = CxrModel()
+    model.load_context(PythonModelContext(artifacts, {TRUSTED_IMPORTS_KEY: list(trusted_imports)}))
+    return model
+
+
+def from_data_folder(folder: Path, trusted_imports: Sequence[str] = ()) -> CxrModel:
+    """A CxrModel from the data folder `log_model` stores (its files named by ARTIFACT_INDEX)."""
+    index = json.loads((folder / ARTIFACT_INDEX).read_text())
+    return from_artifacts({a: str(_inside(folder, name)) for a, name in index.items()}, trusted_imports)
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refused if it would lead outside `folder` (a doctored MLmodel or index)."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise CxrError(f"{relative!r} names a file outside the model's folder {folder}")
+    return path
+
+
+def _from_logged(folder: Path, where: str, trusted_imports: Sequence[str]) -> CxrModel:
+    """The CxrModel in a downloaded model folder, whatever cxr version logged it, running none of its code:
+    the loader module's data folder; or, for models logged before it (MLflow's python_model flavour: a
+    code file cxr wrote, or an older pickle, neither of which is run here), their artifact files."""
+    conf = Model.load(folder / "MLmodel").flavors.get("python_function", {})
+    if conf.get("loader_module") == LOADER_MODULE:
+        return from_data_folder(_inside(folder, conf["data"]), trusted_imports)
+    if "artifacts" in conf and ("model_code_path" in conf or "python_model" in conf):
+        if "model_code_path" in conf:
+            check_code_file(_inside(folder, Path(conf["model_code_path"]).name), where)
+        artifacts = {a: str(_inside(folder, entry["path"])) for a, entry in conf["artifacts"].items()}
+        if "spec" in artifacts:
+            return from_artifacts(artifacts, trusted_imports)
+    raise CxrError(f"{where} is not a cxr model (its MLmodel names no cxr loader)")
+
+
+def load(model_uri: str, trusted_imports: Sequence[str] = ()) -> CxrModel:
     """The CxrModel behind an MLflow model URI (runs:/<id>, runs:/<id>/<name>, models:/name/version,
-    models:/name@alias)."""
+    models:/name@alias), read as data by the installed cxr (`cxr.serving.trust`); `trusted_imports`:
+    user modules it may import (besides CXR_TRUSTED_IMPORTS)."""
     try:
         model_uri = expand_uri(model_uri)
-        loaded = mlflow.pyfunc.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as err:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except MlflowException as err:
         raise CxrError(f"cannot load {model_uri}: {err.message}") from None
-    model = loaded.unwrap_python_model()
-    if not isinstance(model, CxrModel):
-        raise CxrError(f"{model_uri} is not a cxr model (it holds {type(model).__name__})")
-    return model
+    try:
+        return _from_logged(folder, model_uri, trusted_imports)
+    except CxrError as err:
+        raise CxrError(str(err).replace("the model", model_uri, 1)) from None
