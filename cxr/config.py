@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
+from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
 from cxr.tracking import names as metric_names
@@ -382,6 +383,7 @@ class PredictConfig:
     output_dir: str = MISSING  # predictions.csv and heatmaps/ go here (default: the Hydra run folder)
     batch_size: int = 32
     tracking: TrackingConfig = MISSING
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused, from their header, before decoding
 
 
 # ---------------------------------------------------------------- validation
@@ -466,6 +468,7 @@ def check_dataset(d: DatasetConfig) -> None:
 def check_predict(cfg: PredictConfig) -> None:
     """`cxr.predict`'s own values, before the model is loaded or an image read."""
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
+    _require(_positive_int(cfg.max_image_pixels), "max_image_pixels", cfg.max_image_pixels, "give 1 or more")
 
 
 def check_training(cfg: Config) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
@@ -21,6 +20,7 @@ from cxr.data.prepared import PreparedData, load_prepared
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.runtime import interrupt
 from cxr.runtime.errors import CxrError
+from cxr.serving.image_files import read_regular_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -130,34 +130,8 @@ def predict_files(
     failures: dict[str, str] = {}
     for path in map(str, paths):
         try:
-            inputs.append(model.decoded(Path(path).read_bytes(), path, max_pixels))
+            inputs.append(model.decoded(read_regular_file(path), path, max_pixels))
             readable.append(path)
-        except OSError as err:
-            failures[path] = f"{path}: cannot be read ({err.strerror or err})"
         except CxrError as err:
             failures[path] = str(err)
     return FilePredictions(readable, model.score(inputs, batch_size), failures)
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def collect_images(images: str | Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
-    """(files to read, {path: why not}, whether a folder was given)."""
-    entries = [images] if isinstance(images, str) else list(images)
-    if not entries:
-        raise CxrError("images= is empty: give a file, a folder or a list [a.png,b.png]")
-    files, missing, folder = [], {}, False
-    for entry in map(str, entries):
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            folder = True
-            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                missing[entry] = f"{entry}: no PNG or JPEG files in this folder"
-            files += found
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            missing[entry] = f"{entry}: no such file or folder"
-    return files, missing, folder
