@@ -43,6 +43,7 @@ import cxr.training.metrics  # noqa: F401
 from cxr.data.images import resize
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS, check_pixels, decode_grey, image_header
 from cxr.runtime.errors import CxrError
+from cxr.serving.forward import forward
 from cxr.serving.limits import Deadline, RequestLimits, decode_slots, served_limits
 from cxr.serving.trust import check_code_file, import_trusted
 from cxr.tracking.naming import model_name
@@ -133,7 +134,7 @@ class CxrModel(mlflow.pyfunc.PythonModel):
             chunk = inputs[start : start + batch_size]
             batches = {size: np.stack([i[size] for i in chunk])[..., None] for size in chunk[0]}
             for scores, member, size in zip(per_member, self.members, self.spec.image_sizes, strict=True):
-                scores.append(np.asarray(member.predict_on_batch(batches[size])))
+                scores.append(forward(member)(batches[size]))  # traced once per member
         return self.combine([np.concatenate(scores) for scores in per_member])
 
     def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
