@@ -24,12 +24,16 @@ from tests.test_untrusted_images import encoded, png_16bit
 
 @pytest.fixture(scope="module")
 def server(tiny_store, tmp_path_factory):
-    """`mlflow models serve` of the tiny store's model, requests capped at 40 M pixels."""
+    """`mlflow models serve` of the tiny store's model: requests capped at 2 G pixels, a 10 s timeout."""
     from tests.services import mlflow_process
 
     folder = tmp_path_factory.mktemp("served")
     serve = ["models", "serve", "-m", f"models:/{TINY_MODEL}/1", "--env-manager", "local", "--workers", "1"]
-    env = {"MLFLOW_TRACKING_URI": tiny_store.cfg.tracking.uri, "CXR_MAX_REQUEST_PIXELS": "40000000"}
+    env = {
+        "MLFLOW_TRACKING_URI": tiny_store.cfg.tracking.uri,
+        "CXR_MAX_REQUEST_PIXELS": "2000000000",
+        "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "10",  # the request stops itself at 8 s
+    }
     process, url = mlflow_process(serve, "/ping", folder, env)
     yield process, url
     process.terminate()
@@ -99,11 +103,21 @@ def test_a_huge_image_is_refused_from_its_header_and_a_big_one_costs_a_bounded_a
     # before, it was 17 bytes a pixel (600 MB here)
     assert growth < 5 * 36e6, f"a 36 M-pixel 16-bit PNG cost the server {growth / 1e6:.0f} MB"
 
-    status, answer = ask(url, big, big)  # 72 M pixels in one request
-    assert (
-        status == 400
-        and "over the limit of 40,000,000 a request (CXR_MAX_REQUEST_PIXELS)" in answer["message"]
-    )
+    widest = png_16bit(7_000, 7_000)  # 49 M pixels: each within the limit, 60 of them not
+    (status, answer), growth = peak_growth(pid, lambda: ask(url, *[widest] * 60))
+    assert status == 400, answer
+    assert "over the limit of 2,000,000,000 a request (CXR_MAX_REQUEST_PIXELS)" in answer["message"]
+    assert growth < 100e6  # told from the headers: nothing decoded
+
+
+@pytest.mark.slow
+def test_a_request_longer_than_the_servers_timeout_ends_itself_with_a_400_before_the_504(server):
+    _, url = server
+    status, answer = ask(url, *[png_16bit(6_000, 6_000)] * 50)  # 1.8 G pixels: far more than 10 s of decoding
+    assert status == 400, answer  # not the server's 504, after which the work went on
+    stopped = "the request was stopped after 8 s (80% of the server's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)"
+    assert stopped in answer["message"]
+    assert ask(url, encoded(np.zeros((64, 64), np.uint8), "PNG"))[0] == 200  # and the server goes on
 
 
 @pytest.mark.slow
