@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr.serving.limits import served_limits
 from cxr.serving.pyfunc import TRUSTED_IMPORTS_KEY, CxrModel, from_data_folder
 
 
@@ -29,5 +30,6 @@ class ServedModel:
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ServedModel:
+    served_limits()  # a bad CXR_* limit stops the server as it starts, not every request after
     trusted = (model_config or {}).get(TRUSTED_IMPORTS_KEY, [])
     return ServedModel(from_data_folder(Path(data_path), trusted))
