@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
+from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
 from cxr.serving.heatmap_methods import HEATMAP_METHODS
@@ -304,6 +305,9 @@ class TrackingConfig:
     # was last seen more than orphan_grace_s ago (any host).
     heartbeat_interval_s: float = 30.0
     orphan_grace_s: float = 600.0
+    # user modules (or packages) a model loaded from the store may import: its `imports`, a user's own
+    # layers; cxr imports no others (CXR_TRUSTED_IMPORTS adds to it, and is what `mlflow models serve` reads)
+    trusted_imports: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- sweep job
@@ -395,6 +399,7 @@ class PredictConfig:
     output_dir: str = MISSING  # predictions.csv and heatmaps/ go here (default: the Hydra run folder)
     batch_size: int = 32
     tracking: TrackingConfig = MISSING
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused, from their header, before decoding
 
 
 @dataclass
@@ -519,6 +524,7 @@ def check_dataset(d: DatasetConfig) -> None:
 def check_predict(cfg: PredictConfig) -> None:
     """`cxr.predict`'s own values, before the model is loaded or an image read."""
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
+    _require(_positive_int(cfg.max_image_pixels), "max_image_pixels", cfg.max_image_pixels, "give 1 or more")
 
 
 def check_app(cfg: AppConfig) -> None:

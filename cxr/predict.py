@@ -5,6 +5,8 @@ prints the probability of every finding and the findings at or above the model's
 thresholds; for a folder it also writes `predictions.csv`; with `heatmaps=true` it writes one
 Grad-CAM overlay PNG per image and positive finding, at the image's own resolution. A file that is
 not an image is named in one `cxr: error:` line and the others go on; the exit code is 2 if any failed.
+Every path is checked before the model loads (`cxr.serving.image_files`); files are decoded as a served
+request's rows are (`cxr.data.untrusted_images`, at most `max_image_pixels` an image).
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ def run(cfg: PredictConfig) -> int:
 
     from cxr.serving import pyfunc
     from cxr.serving.gradcam import write_overlays
-    from cxr.serving.inference import collect_images, predict_files
+    from cxr.serving.image_files import collect_images
+    from cxr.serving.inference import predict_files
 
     files, failures, folder = collect_images(cfg.images)
+    for reason in failures.values():  # the paths first: before the model loads (seconds)
+        print(f"cxr: error: {reason}", file=sys.stderr)
+    if not files:
+        return len(failures)
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    model = pyfunc.load(cfg.model_uri)
-    result = predict_files(model, files, cfg.batch_size)
-    failures.update(result.failures)
+    model = pyfunc.load(cfg.model_uri, cfg.tracking.trusted_imports)
+    result = predict_files(model, files, cfg.batch_size, cfg.max_image_pixels)
     output = Path(cfg.output_dir)
     findings = model.findings(result.scores)
     for path, scores, positives in zip(result.paths, result.scores, findings, strict=True):
@@ -53,9 +59,9 @@ def run(cfg: PredictConfig) -> int:
         table.insert(0, "findings", ["|".join(f) for f in findings])
         table.rename_axis("image").to_csv(output / "predictions.csv", float_format="%.6f")
         print(f"\n{len(result.paths)} image(s) predicted; table: {output / 'predictions.csv'}")
-    for reason in failures.values():
+    for reason in result.failures.values():
         print(f"cxr: error: {reason}", file=sys.stderr)
-    return len(failures)
+    return len(failures) + len(result.failures)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")

@@ -76,8 +76,10 @@ def test_base64_frames_in_and_out_and_a_bad_row_is_named(ensemble):
     out = ensemble.predict(None, frame)
     assert list(out.columns) == [*NAMES, "findings"] and len(out) == 2
     np.testing.assert_allclose(out[NAMES].to_numpy(), ensemble.probabilities(images()), rtol=1e-6)
-    with pytest.raises(CxrError, match="row 1 of column 'image' is not a base64-encoded image"):
+    with pytest.raises(CxrError, match="row 1 of column 'image': not a readable image: its content is"):
         ensemble.predict(None, pd.DataFrame({"image": [frame["image"][0], "bm90IGFuIGltYWdl"]}))
+    with pytest.raises(CxrError, match="row 0 of column 'image' is not a base64-encoded image"):
+        ensemble.predict(None, pd.DataFrame({"image": ["not base64!"]}))
     with pytest.raises(CxrError, match="needs a column 'image'"):
         ensemble.predict(None, pd.DataFrame({"picture": ["x"]}))
 
@@ -95,7 +97,9 @@ def test_a_logged_model_loads_in_a_fresh_process_and_reproduces(ensemble, tmp_pa
         p.name
         for p in Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m"))).rglob("*")
     }
-    assert "pyfunc_code.py" in stored and not [n for n in stored if n.endswith(".pkl")]  # code, no pickle
+    assert not [n for n in stored if n.endswith((".py", ".pkl"))]  # no code, no pickle: data only
+    mlmodel = mlflow.models.Model.load(model_uri).flavors["python_function"]
+    assert mlmodel["loader_module"] == "cxr.serving.loader"  # the installed cxr loads it
     frame = pd.DataFrame({"image": [png_base64(p) for p in images()]})
     frame.to_json(tmp_path / "input.json", orient="split")
     script = (

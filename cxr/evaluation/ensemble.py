@@ -106,7 +106,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
     mlflow.set_tracking_uri(cfg.tracking.uri)
     candidates = select_members(client, cfg)
     weights = member_weights([c.score for c in candidates], cfg.weights)
-    loaded = [pyfunc.load(c.uri) for c in candidates]
+    loaded = [pyfunc.load(c.uri, cfg.tracking.trusted_imports) for c in candidates]
     run_cfg, logged_split = runs.logged_run_inputs(candidates[0].run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     spec = pyfunc.ModelSpec(

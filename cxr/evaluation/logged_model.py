@@ -64,7 +64,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     run_id, model_uri = resolve_model(MlflowClient(cfg.tracking.uri), cfg.run_id, cfg.model_uri)
     run_cfg, logged_split = runs.logged_run_inputs(run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
-    model = pyfunc.load(model_uri)
+    model = pyfunc.load(model_uri, cfg.tracking.trusted_imports)
     splits = ["val", cfg.split]
     predictions, data = predict_model_splits(
         model, dataset, splits, cfg.evaluation.batch_size, logged_split, split_source=f"run {run_id}"

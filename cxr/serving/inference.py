@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from omegaconf import OmegaConf
 
-from cxr.data.images import IMAGE_ERRORS, read_grey
 from cxr.data.pipeline import CacheBatches
 from cxr.data.prepared import PreparedData, load_prepared
+from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.runtime import interrupt
 from cxr.runtime.errors import CxrError
+from cxr.serving.forward import forward
+from cxr.serving.image_files import read_regular_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,12 +51,17 @@ class FilePredictions:
 def predict_splits(
     model: keras.Model, data: PreparedData, splits: Iterable[str], batch_size: int
 ) -> dict[str, Predictions]:
-    """Score the given splits of `data` in a fixed order, without augmentation."""
+    """Score the given splits of `data` in a fixed order, without augmentation, with the model's one
+    compiled inference (`cxr.serving.forward`: no retracing for the short last batch)."""
     out = {}
     for split in dict.fromkeys(splits):
         rows = data.rows[split]
         batches = CacheBatches(data.images, data.labels, rows, batch_size=batch_size)
-        scores = model.predict(batches, verbose=0, callbacks=[interrupt.callback()])
+        compiled, scores = forward(model), []
+        for index in range(len(batches)):
+            scores.append(compiled(batches[index][0]))
+            interrupt.raise_pending()
+        scores = np.concatenate(scores) if scores else np.empty((0, model.outputs[0].shape[-1]), np.float32)
         out[split] = Predictions(data.labels[rows], scores, data.patients[rows])
     return out
 
@@ -116,55 +122,22 @@ def predict_model_splits(
     return combined(model, member_scores, data), data
 
 
-def _batches(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def predict_files(model: CxrModel, paths: Sequence[str], batch_size: int = 32) -> FilePredictions:
+def predict_files(
+    model: CxrModel, paths: Sequence[str], batch_size: int = 32, max_pixels: int = MAX_IMAGE_PIXELS
+) -> FilePredictions:
     """Score image files (PNG/JPEG of any size; 8/16-bit grey, RGB, RGBA) with a cxr model, in batches.
 
-    `model` is a `cxr.serving.pyfunc.CxrModel`: each member sees the files resized to its own input size. A
+    `model` is a `cxr.serving.pyfunc.CxrModel`: each file is checked and decoded as a served request's
+    rows are (`CxrModel.decoded`, at most `max_pixels` an image) and kept only at the members' sizes. A
     file that cannot be read is named in `failures` with the reason, and the others are still scored.
     """
     readable: list[str] = []
-    scores: list[np.ndarray] = []
+    inputs: list[dict[int, np.ndarray]] = []
     failures: dict[str, str] = {}
-    for chunk in _batches(list(paths), batch_size):
-        images = []
-        for path in chunk:
-            try:
-                images.append(read_grey(path))
-                readable.append(str(path))
-            except IMAGE_ERRORS as err:
-                failures[str(path)] = f"{path}: not a readable image ({type(err).__name__}: {err})"
-        if images:
-            scores.append(model.probabilities(images, batch_size))
-    width = len(model.pathologies)
-    return FilePredictions(
-        readable, np.concatenate(scores) if scores else np.empty((0, width), np.float32), failures
-    )
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def collect_images(images: str | Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
-    """(files to read, {path: why not}, whether a folder was given)."""
-    entries = [images] if isinstance(images, str) else list(images)
-    if not entries:
-        raise CxrError("images= is empty: give a file, a folder or a list [a.png,b.png]")
-    files, missing, folder = [], {}, False
-    for entry in map(str, entries):
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            folder = True
-            found = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                missing[entry] = f"{entry}: no PNG or JPEG files in this folder"
-            files += found
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            missing[entry] = f"{entry}: no such file or folder"
-    return files, missing, folder
+    for path in map(str, paths):
+        try:
+            inputs.append(model.decoded(read_regular_file(path), path, max_pixels))
+            readable.append(path)
+        except CxrError as err:
+            failures[path] = str(err)
+    return FilePredictions(readable, model.score(inputs, batch_size), failures)

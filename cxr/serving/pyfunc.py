@@ -10,14 +10,14 @@ so prediction, serving, evaluation and promotion treat both alike.
 
 Served (`mlflow models serve -m models:/NAME@champion`), it takes a DataFrame column `image` of
 base64-encoded PNG/JPEG files of any size and mode and returns, per row, one probability column
-per pathology and `findings`, the pathologies at or above their thresholds.
+per pathology and `findings`, the pathologies at or above their thresholds. Each row is decoded and
+resized on its own, within the limits of `cxr.serving.limits`; a bad row is a 400 with cxr's message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import importlib.metadata as metadata
 import json
 import re
@@ -30,21 +30,40 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import ModelSignature
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 import cxr.models  # noqa: F401  (these three register the custom classes the saved members refer to)
 import cxr.training.losses  # noqa: F401
 import cxr.training.metrics  # noqa: F401
-from cxr.data.images import IMAGE_ERRORS, read_grey, resize
+from cxr.data.images import resize
+from cxr.data.untrusted_images import MAX_IMAGE_PIXELS, check_pixels, decode_grey, image_header
 from cxr.runtime.errors import CxrError
+from cxr.serving.forward import forward
+from cxr.serving.limits import Deadline, RequestLimits, decode_slots, served_limits
+from cxr.serving.trust import check_code_file, import_trusted
 from cxr.tracking.naming import model_name
 from cxr.training.backend import backend_packages
 
 SPEC_FILE = "cxr_model.json"
+ARTIFACT_INDEX = "artifacts.json"  # {artifact name: file name} in the model's data folder
+LOADER_MODULE = "cxr.serving.loader"  # what MLflow imports to load a cxr model (the installed one)
+TRUSTED_IMPORTS_KEY = "trusted_imports"  # in the load context's model_config
 IMAGE_COLUMN = "image"
 FINDINGS_COLUMN = "findings"
+DECODING = decode_slots()  # full-size decodes at once, across the server's concurrent requests
+
+
+class InvalidRequest(MlflowException, CxrError):
+    """A request's own fault: MLflow's scoring server answers 400 with this message and no stack trace;
+    cxr's commands, which catch CxrError, print it as one line."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 @dataclass
@@ -72,8 +91,9 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.spec = ModelSpec(**json.loads(Path(context.artifacts["spec"]).read_text()))
-        for module in self.spec.imports:  # a model built by the user's own code (a `_target_` option)
-            importlib.import_module(module)
+        # a model built by the user's own code (a `_target_` option) imports it, if it is trusted
+        trusted = (context.model_config or {}).get(TRUSTED_IMPORTS_KEY, [])
+        import_trusted(self.spec.imports, trusted, "the model")
         self.members = [
             load_keras(context.artifacts[f"member_{i}"]) for i in range(len(self.spec.image_sizes))
         ]
@@ -91,19 +111,35 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         """The ensemble's probabilities from each member's (N, pathologies) probabilities."""
         return np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
 
+    def resized(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
+        """A grey image at every member's input size (once per size, however many members share it)."""
+        return {size: resize(pixels, size) for size in set(self.spec.image_sizes)}
+
+    def decoded(self, data: bytes, where: str, max_pixels: int = MAX_IMAGE_PIXELS) -> dict[int, np.ndarray]:
+        """Untrusted image bytes (`cxr.data.untrusted_images.decode_grey`) at every member's input size;
+        only one image is held at full size at a time (DECODING bounds them across threads)."""
+        with DECODING:
+            return self.resized(decode_grey(data, where, max_pixels, side=max(self.spec.image_sizes)))
+
+    def score(
+        self, inputs: Sequence[dict[int, np.ndarray]], batch_size: int = 32, deadline: Deadline | None = None
+    ) -> np.ndarray:
+        """(N, pathologies) for images already at every member's size (`resized`, `decoded`)."""
+        if not len(inputs):
+            return np.empty((0, len(self.pathologies)), np.float32)
+        per_member: list[list[np.ndarray]] = [[] for _ in self.members]
+        for start in range(0, len(inputs), batch_size):
+            if deadline is not None:
+                deadline.check(f"before scoring from image {start + 1} of {len(inputs)}")
+            chunk = inputs[start : start + batch_size]
+            batches = {size: np.stack([i[size] for i in chunk])[..., None] for size in chunk[0]}
+            for scores, member, size in zip(per_member, self.members, self.spec.image_sizes, strict=True):
+                scores.append(forward(member)(batches[size]))  # traced once per member
+        return self.combine([np.concatenate(scores) for scores in per_member])
+
     def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(N, pathologies) for grey uint8 images of any size: each member sees them at its own size."""
-        if not len(images):
-            return np.empty((0, len(self.pathologies)), np.float32)
-        sizes = self.spec.image_sizes
-        per_member: list[list[np.ndarray]] = [[] for _ in self.members]
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            # each image resized once per input size, however many members share that size
-            batches = {size: np.stack([resize(img, size) for img in chunk])[..., None] for size in set(sizes)}
-            for scores, member, size in zip(per_member, self.members, sizes, strict=True):
-                scores.append(np.asarray(member.predict_on_batch(batches[size])))
-        return self.combine([np.concatenate(scores) for scores in per_member])
+        return self.score([self.resized(img) for img in images], batch_size)
 
     def findings(self, scores: np.ndarray) -> list[list[str]]:
         """Per row, the pathologies at or above their validation-chosen thresholds."""
@@ -113,21 +149,49 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     # ------------------------------------------------------------------ pyfunc
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        if IMAGE_COLUMN not in model_input:
-            raise CxrError(f"input needs a column {IMAGE_COLUMN!r} of base64-encoded PNG/JPEG files")
-        images = [_decode(value, row) for row, value in enumerate(model_input[IMAGE_COLUMN])]
-        scores = self.probabilities(images)
+        try:
+            scores = self.request_scores(model_input, served_limits())
+        except CxrError as err:
+            raise InvalidRequest(str(err)) from None
         out = pd.DataFrame(scores.astype(np.float64), columns=list(self.pathologies))
         out[FINDINGS_COLUMN] = self.findings(scores)
         return out
 
+    def request_scores(self, frame: pd.DataFrame, limits: RequestLimits) -> np.ndarray:
+        """A request's probabilities: every row's header checked first (format, trailing data, pixels per
+        image and in all), then each row decoded and resized on its own, within `limits.seconds`."""
+        deadline = Deadline(limits.seconds)
+        if IMAGE_COLUMN not in frame:
+            raise CxrError(f"input needs a column {IMAGE_COLUMN!r} of base64-encoded PNG/JPEG files")
+        files = [_base64(value, row) for row, value in enumerate(frame[IMAGE_COLUMN])]
+        total = 0
+        for row, data in enumerate(files):
+            header = image_header(data, _where(row))
+            check_pixels(header, _where(row), limits.max_image_pixels)
+            total += header.pixels
+        if total > limits.max_request_pixels:
+            raise CxrError(
+                f"the request's {len(files)} images hold {total:,} pixels, over the limit of "
+                f"{limits.max_request_pixels:,} a request (CXR_MAX_REQUEST_PIXELS): send fewer per request"
+            )
+        inputs = []
+        for row, data in enumerate(files):
+            deadline.check(f"before row {row} was decoded")
+            inputs.append(self.decoded(data, _where(row), limits.max_image_pixels))
+        return self.score(inputs, deadline=deadline)
 
-def _decode(value, row: int) -> np.ndarray:
+
+def _where(row: int) -> str:
+    return f"row {row} of column {IMAGE_COLUMN!r}"
+
+
+def _base64(value, row: int) -> bytes:
+    if isinstance(value, bytes):
+        return value
     try:
-        data = value if isinstance(value, bytes) else base64.b64decode(str(value), validate=True)
-        return read_grey(data)
-    except (binascii.Error, *IMAGE_ERRORS) as err:
-        raise CxrError(f"row {row} of column {IMAGE_COLUMN!r} is not a base64-encoded image: {err}") from None
+        return base64.b64decode(str(value), validate=True)
+    except binascii.Error as err:
+        raise CxrError(f"{_where(row)} is not a base64-encoded image: {err}") from None
 
 
 def load_keras(path: str):
@@ -153,17 +217,20 @@ def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | N
     name = model_name(run.info.run_name) if run is not None and run.info.run_name else "model"
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(tmp) / "cxr_model"
+        folder.mkdir()
         (folder / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=1))
         artifacts = {"spec": str(folder / SPEC_FILE)}
         for i, member in enumerate(members):
             path = folder / f"member_{i}.keras"
             member.save(path)
             artifacts[f"member_{i}"] = str(path)
+        index = {artifact: Path(path).name for artifact, path in artifacts.items()}
+        (folder / ARTIFACT_INDEX).write_text(json.dumps(index, indent=1))
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # code, not a pickle
-            artifacts=artifacts,
+            loader_module=LOADER_MODULE,  # the installed cxr loads it: no code among the artifacts
+            data_path=str(folder),
             signature=ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)])),
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
@@ -201,15 +268,53 @@ def expand_uri(model_uri: str, client: MlflowClient | None = None) -> str:
     return run_model_uri(short.group(1), client) if short else model_uri
 
 
-def load(model_uri: str) -> CxrModel:
+def from_artifacts(artifacts: dict[str, str], trusted_imports: Sequence[str] = ()) -> CxrModel:
+    """A CxrModel from its artifact files ({name: local path}), read as data."""
+    model = CxrModel()
+    model.load_context(PythonModelContext(artifacts, {TRUSTED_IMPORTS_KEY: list(trusted_imports)}))
+    return model
+
+
+def from_data_folder(folder: Path, trusted_imports: Sequence[str] = ()) -> CxrModel:
+    """A CxrModel from the data folder `log_model` stores (its files named by ARTIFACT_INDEX)."""
+    index = json.loads((folder / ARTIFACT_INDEX).read_text())
+    return from_artifacts({a: str(_inside(folder, name)) for a, name in index.items()}, trusted_imports)
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`folder / relative`, refused if it would lead outside `folder` (a doctored MLmodel or index)."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()):
+        raise CxrError(f"{relative!r} names a file outside the model's folder {folder}")
+    return path
+
+
+def _from_logged(folder: Path, where: str, trusted_imports: Sequence[str]) -> CxrModel:
+    """The CxrModel in a downloaded model folder, whatever cxr version logged it, running none of its code:
+    the loader module's data folder; or, for models logged before it (MLflow's python_model flavour: a
+    code file cxr wrote, or an older pickle, neither of which is run here), their artifact files."""
+    conf = Model.load(folder / "MLmodel").flavors.get("python_function", {})
+    if conf.get("loader_module") == LOADER_MODULE:
+        return from_data_folder(_inside(folder, conf["data"]), trusted_imports)
+    if "artifacts" in conf and ("model_code_path" in conf or "python_model" in conf):
+        if "model_code_path" in conf:
+            check_code_file(_inside(folder, Path(conf["model_code_path"]).name), where)
+        artifacts = {a: str(_inside(folder, entry["path"])) for a, entry in conf["artifacts"].items()}
+        if "spec" in artifacts:
+            return from_artifacts(artifacts, trusted_imports)
+    raise CxrError(f"{where} is not a cxr model (its MLmodel names no cxr loader)")
+
+
+def load(model_uri: str, trusted_imports: Sequence[str] = ()) -> CxrModel:
     """The CxrModel behind an MLflow model URI (runs:/<id>, runs:/<id>/<name>, models:/name/version,
-    models:/name@alias)."""
+    models:/name@alias), read as data by the installed cxr (`cxr.serving.trust`); `trusted_imports`:
+    user modules it may import (besides CXR_TRUSTED_IMPORTS)."""
     try:
         model_uri = expand_uri(model_uri)
-        loaded = mlflow.pyfunc.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as err:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except MlflowException as err:
         raise CxrError(f"cannot load {model_uri}: {err.message}") from None
-    model = loaded.unwrap_python_model()
-    if not isinstance(model, CxrModel):
-        raise CxrError(f"{model_uri} is not a cxr model (it holds {type(model).__name__})")
-    return model
+    try:
+        return _from_logged(folder, model_uri, trusted_imports)
+    except CxrError as err:
+        raise CxrError(str(err).replace("the model", model_uri, 1)) from None
