@@ -38,7 +38,7 @@ def build(cfg: AppConfig):
     mlflow.set_tracking_uri(cfg.tracking.uri)
     uri = cfg.model_uri
     local = Path(uri).expanduser().is_dir()
-    model = pyfunc.load(uri)
+    model = pyfunc.load(uri, cfg.tracking.trusted_imports)
     client = None if local else MlflowClient(cfg.tracking.uri)
     identity = describe(model, uri, client, cfg.mlflow_ui)
     point = cfg.operating_point or DEFAULT_POINT

@@ -10,16 +10,15 @@ checked against the pixel cap before any pixel is decoded. Nothing from a reques
 
 from __future__ import annotations
 
-import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from multipart.multipart import MultipartParser, parse_options_header
-from PIL import Image
 
-from cxr.data.images import IMAGE_ERRORS, read_grey
+from cxr.data.images import IMAGE_ERRORS
+from cxr.data.untrusted_images import decode_grey, image_header
 from cxr.runtime.errors import CxrError
 from cxr.serving import dicom
 
@@ -159,24 +158,21 @@ def sniff(data: bytes) -> str:
 def check_pixels(data: bytes, limits: Limits) -> None:
     """A PNG's or JPEG's width x height, from its header alone, within the pixel cap (413 otherwise)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            width, height = img.size
-    except Image.DecompressionBombError:  # over PIL's own cap, which is at or above ours
-        message = f"the image has more than the {limits.max_pixels:,} pixels allowed (max_pixels)"
-        raise UploadError(413, message) from None
-    except IMAGE_ERRORS as err:
-        raise UploadError(422, f"cannot read the image header ({type(err).__name__}: {err})") from None
-    if width * height > limits.max_pixels:
+        header = image_header(data, "the upload")  # also refuses data after the image's end
+    except CxrError as err:
+        raise UploadError(422, str(err)) from None
+    if header.pixels > limits.max_pixels:
         raise UploadError(
-            413, f"{width} x {height} pixels is more than the {limits.max_pixels:,} allowed (max_pixels)"
+            413,
+            f"{header.width} x {header.height} pixels is more than the {limits.max_pixels:,} allowed "
+            "(max_pixels)",
         )
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes -> (H, W) uint8 grey, the way `cxr.prepare` and `cxr.predict` read files.
-
-    The one place the app decodes a picture: point it at a hardened decoder and every upload uses it."""
-    return read_grey(data)
+def decode_image(data: bytes, limits: Limits) -> np.ndarray:
+    """PNG/JPEG bytes -> (H, W) uint8 grey through the decoder `cxr.predict` and `mlflow models serve`
+    use for untrusted bytes, so the page and the API score exactly what they would."""
+    return decode_grey(data, "the upload", limits.max_pixels)
 
 
 def decode(data: bytes, limits: Limits) -> tuple[str, np.ndarray]:
@@ -189,7 +185,9 @@ def decode(data: bytes, limits: Limits) -> tuple[str, np.ndarray]:
             raise UploadError(413 if isinstance(err, dicom.DicomTooLarge) else 422, str(err)) from None
     check_pixels(data, limits)
     try:
-        return kind, decode_image(data)
+        return kind, decode_image(data, limits)
+    except CxrError as err:
+        raise UploadError(422, str(err)) from None
     except IMAGE_ERRORS as err:
         raise UploadError(422, f"the {kind} cannot be decoded ({type(err).__name__}: {err})") from None
 
