@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
+from cxr.runtime.known_keys import check_known_keys
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
 from cxr.training.backend import check_trainer
@@ -468,6 +469,7 @@ def check_predict(cfg: PredictConfig) -> None:
 def check_training(cfg: Config) -> None:
     """Every value of a training config, before any data is read or model built: one CxrError naming
     the key, the value and what to give instead. Hydra has already checked types and key names."""
+    check_known_keys(cfg)  # a key a '+' added beside its schema's (+loss.smoothing_factr=0.2)
     t, d = cfg.trainer, cfg.dataset
     _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "give 1 or more epochs")
     _require(_positive_int(t.batch_size), "trainer.batch_size", t.batch_size, "give 1 or more images")
