@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
+from cxr.evaluation.member_selection import SELECTIONS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
 from cxr.runtime.known_keys import check_known_keys
@@ -353,6 +354,10 @@ class EnsembleConfig:
     cache_dir: str | None = None
     evaluation: EvaluationConfig = MISSING
     tracking: TrackingConfig = MISSING
+    # top_k: the top_k best by validation AUC; greedy: forward selection with replacement on validation
+    # (Caruana et al. 2004) over every matching version, never worse than its best member there
+    selection: str = "top_k"
+    max_members: int = 10  # greedy: at most this many picks (a version picked twice weighs double)
 
 
 @dataclass
@@ -464,6 +469,21 @@ def check_dataset(d: DatasetConfig) -> None:
 def check_predict(cfg: PredictConfig) -> None:
     """`cxr.predict`'s own values, before the model is loaded or an image read."""
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
+
+
+def check_ensemble(cfg: EnsembleConfig) -> None:
+    """`cxr.ensemble`'s own values, before any model is loaded."""
+    check_known_keys(cfg)
+    _choice("selection", cfg.selection, list(SELECTIONS))
+    _require(_positive_int(cfg.top_k), "top_k", cfg.top_k, "give 1 or more members")
+    _require(_positive_int(cfg.max_members), "max_members", cfg.max_members, "give 1 or more picks")
+    _require(
+        cfg.selection == "top_k" or cfg.weights == "mean",
+        "weights",
+        cfg.weights,
+        "greedy selection weighs each version by its picks: leave weights=mean",
+    )
+    check_evaluation(cfg.evaluation)
 
 
 def check_training(cfg: Config) -> None:

@@ -139,6 +139,9 @@ def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end
         if run_id == best_run:
             assert "val/auc_mean_ci_low" in metrics and "test/auc_mean_ci_high" in metrics
             assert "plots/roc_val.png" in plots and child.data.tags["cxr.reevaluated_with"]
+            # the re-evaluation at the end of the sweep leaves the trial's end time (its duration) alone
+            reevaluated = client.get_metric_history(run_id, "val/auc_mean_ci_low")[-1].timestamp
+            assert child.info.status == "FINISHED" and child.info.end_time < reevaluated
         else:
             assert "val/auc_mean_ci_low" not in metrics and plots == []
     assert sorted(registered_runs(tmp_path)) == sorted(c.info.run_id for c in children)

@@ -69,7 +69,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
         model, dataset, splits, cfg.evaluation.batch_size, logged_split, split_source=f"run {run_id}"
     )
     evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
-    with mlflow.start_run(run_id=run_id):
+    with runs.reopened(run_id):  # its status and end time stay the training's
         log_evaluation(evaluation, cfg.evaluation.plots)
         mlflow.set_tag(REEVALUATED_TAG, model_uri)
 
