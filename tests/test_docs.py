@@ -17,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from cxr.config import (
     CONF_DIR,
+    check_ensemble,
     check_evaluation,
     check_predict,
     check_training,
@@ -37,7 +38,7 @@ CONFIG_NAMES = {
 CHECKS = {
     "train": check_training,
     "evaluate": lambda cfg: check_evaluation(cfg.evaluation),
-    "ensemble": lambda cfg: check_evaluation(cfg.evaluation),
+    "ensemble": check_ensemble,
     "predict": check_predict,
 }
 PLACEHOLDERS = {"version=N": "version=1"}  # written for a reader to fill in
