@@ -673,6 +673,20 @@ def test_hydra_s_record_is_masked_in_place_and_an_unreadable_file_only_warns(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
 
 
+def test_a_failed_jobs_overrides_and_a_cxr_error_are_masked_where_hydra_prints_them():
+    """Hydra writes "Error executing job with overrides: [...]" to stderr itself, and a failed multirun
+    job's exception with its traceback; the URL in both is Hydra's escaped spelling."""
+    from hydra.core.utils import JobReturn
+
+    from cxr.runtime.hydra_record import MaskHydraRecord
+
+    job = JobReturn(overrides=[f"tracking.uri=http\\://bob\\:{SECRET}@127.0.0.1\\:5612", "seed=1"])
+    MaskHydraRecord().on_job_end(OmegaConf.create({}), job)
+    assert job.overrides == ["tracking.uri=http\\://bob\\:***@127.0.0.1\\:5612", "seed=1"]
+    err = CxrError(f"MLflow store is not usable: API request to http://bob:{SECRET}@127.0.0.1:1/api failed")
+    assert SECRET not in str(err) and "http://bob:***@127.0.0.1:1/api" in str(err)
+
+
 def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):
     from cxr.tracking import runs as tracking
 

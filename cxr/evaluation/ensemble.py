@@ -1,10 +1,13 @@
-"""An ensemble of the top K registered versions: averaged, evaluated like a training run, registered.
+"""An ensemble of registered versions: averaged, evaluated like a training run, registered.
 
-Members are ranked by validation mean AUC from their version tags (never a test number), must share
+Candidates are ranked by validation mean AUC from their version tags (never a test number), must share
 one patient split, and may run at different image sizes (each member reads the cache at its own
-size). The ensemble's thresholds are chosen on validation; validation and test are evaluated with
-the same metrics, intervals and plots as a training run; one MLflow run holds the members, a
+size); the top K, or greedy selection on their validation predictions, make the members
+(`cxr.evaluation.member_selection`). The ensemble's thresholds are chosen on validation; validation
+and test are evaluated with the same metrics, intervals and plots as a training run; one MLflow run
+(in the members' experiment unless `tracking.experiment_name` is given) holds the members, a
 per-disease table of each member beside the ensemble, and the ensemble as a registered cxr pyfunc.
+When the ensemble does not beat its best member on validation, it says so instead of "Promote it".
 """
 
 from __future__ import annotations
