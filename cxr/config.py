@@ -19,8 +19,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
+from cxr.evaluation.member_selection import SELECTIONS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.runtime.errors import CxrError
+from cxr.runtime.known_keys import check_known_keys
 from cxr.serving.heatmap_methods import HEATMAP_METHODS
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
@@ -372,6 +374,10 @@ class EnsembleConfig:
     cache_dir: str | None = None
     evaluation: EvaluationConfig = MISSING
     tracking: TrackingConfig = MISSING
+    # top_k: the top_k best by validation AUC; greedy: forward selection with replacement on validation
+    # (Caruana et al. 2004) over every matching version, never worse than its best member there
+    selection: str = "top_k"
+    max_members: int = 10  # greedy: at most this many picks (a version picked twice weighs double)
 
 
 @dataclass
@@ -523,12 +529,14 @@ def check_dataset(d: DatasetConfig) -> None:
 
 def check_predict(cfg: PredictConfig) -> None:
     """`cxr.predict`'s own values, before the model is loaded or an image read."""
+    check_known_keys(cfg)
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
     _require(_positive_int(cfg.max_image_pixels), "max_image_pixels", cfg.max_image_pixels, "give 1 or more")
 
 
 def check_app(cfg: AppConfig) -> None:
     """`cxr.app`'s own values, before the model is loaded."""
+    check_known_keys(cfg)
     _require(1 <= cfg.port <= 65535, "port", cfg.port, "give a TCP port, 1 to 65535")
     _require(cfg.max_file_mb > 0, "max_file_mb", cfg.max_file_mb, "give a positive size in MB")
     for key in ("max_files", "max_pixels", "batch_size", "preview_px"):
@@ -537,9 +545,25 @@ def check_app(cfg: AppConfig) -> None:
     _require(cfg.token is None or len(cfg.token) > 0, "token", "***", "give a non-empty token, or none")
 
 
+def check_ensemble(cfg: EnsembleConfig) -> None:
+    """`cxr.ensemble`'s own values, before any model is loaded."""
+    check_known_keys(cfg)
+    _choice("selection", cfg.selection, list(SELECTIONS))
+    _require(_positive_int(cfg.top_k), "top_k", cfg.top_k, "give 1 or more members")
+    _require(_positive_int(cfg.max_members), "max_members", cfg.max_members, "give 1 or more picks")
+    _require(
+        cfg.selection == "top_k" or cfg.weights == "mean",
+        "weights",
+        cfg.weights,
+        "greedy selection weighs each version by its picks: leave weights=mean",
+    )
+    check_evaluation(cfg.evaluation)
+
+
 def check_training(cfg: Config) -> None:
     """Every value of a training config, before any data is read or model built: one CxrError naming
     the key, the value and what to give instead. Hydra has already checked types and key names."""
+    check_known_keys(cfg)  # a key a '+' added beside its schema's (+loss.smoothing_factr=0.2)
     t, d = cfg.trainer, cfg.dataset
     _require(_positive_int(t.epochs), "trainer.epochs", t.epochs, "give 1 or more epochs")
     _require(_positive_int(t.batch_size), "trainer.batch_size", t.batch_size, "give 1 or more images")

@@ -1,14 +1,16 @@
-"""`python -m cxr.ensemble model_name=NAME`: the top K registered versions, averaged, as one model.
+"""`python -m cxr.ensemble model_name=NAME`: the top K registered versions, averaged, as one model
+(or `selection=greedy`: greedy forward selection on validation).
 
 The work is `cxr.evaluation.ensemble`: members ranked by validation mean AUC, thresholds chosen on
-validation, one MLflow run and one new registered version.
+validation, one MLflow run (in the members' experiment unless `tracking.experiment_name` is given)
+and one new registered version.
 """
 
 from __future__ import annotations
 
 import hydra
 
-from cxr.config import CONF_DIR, EnsembleConfig, check_evaluation, register_configs
+from cxr.config import CONF_DIR, EnsembleConfig, check_ensemble, register_configs
 from cxr.runtime.console import announce
 from cxr.runtime.errors import exit_on_user_error, run_command
 
@@ -19,7 +21,7 @@ register_configs()
 @exit_on_user_error
 def main(cfg: EnsembleConfig) -> None:
     announce("ensemble", cfg)
-    check_evaluation(cfg.evaluation)
+    check_ensemble(cfg)
     from cxr.evaluation.ensemble import build  # heavy (MLflow, Keras): after the checks
 
     build(cfg)

@@ -10,6 +10,7 @@ import hydra
 from cxr.config import CONF_DIR, EvaluateConfig, check_evaluation, register_configs
 from cxr.runtime.console import announce
 from cxr.runtime.errors import exit_on_user_error, run_command
+from cxr.runtime.known_keys import check_known_keys
 
 register_configs()
 
@@ -18,6 +19,7 @@ register_configs()
 @exit_on_user_error
 def main(cfg: EvaluateConfig) -> None:
     announce("evaluate", cfg)
+    check_known_keys(cfg)
     check_evaluation(cfg.evaluation)
     from cxr.evaluation.logged_model import evaluate  # heavy (MLflow, Keras): after the checks
 

@@ -15,12 +15,14 @@ from cxr.config import CONF_DIR, Config, check_dataset, register_configs
 from cxr.data.prepared import load_prepared
 from cxr.runtime.console import announce, log
 from cxr.runtime.errors import exit_on_user_error, run_command
+from cxr.runtime.known_keys import check_known_keys
 
 register_configs()
 
 
 def run(cfg: Config) -> int:
     """Prepare the cache; returns how many images could not be read."""
+    check_known_keys(cfg)
     check_dataset(cfg.dataset)  # before any image is generated or read
     start = time.perf_counter()
     data = load_prepared(cfg.dataset, warn=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -116,6 +117,36 @@ def test_key_absent_from_an_option_schema_fails(compose_cfg):
     # bce has no smoothing_factor: a preset or override that assumes it must not pass silently
     with pytest.raises(ConfigCompositionException):
         compose_cfg(["loss=bce", "loss.smoothing_factor=0.1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "closest"),
+    [
+        ("+loss.smoothing_factr=0.2", "did you mean loss.smoothing_factor?"),  # Hydra's own hint, taken
+        ("++trainer.epoch=3", "did you mean trainer.epochs?"),
+        ("+evaluation.bootstrap.resampels=5", "did you mean evaluation.bootstrap.resamples?"),
+        ("+model.cbam.ratio=4", "model (SmallCnnConfig) has no key 'cbam'"),
+    ],
+)
+def test_a_key_a_plus_adds_beside_the_schema_is_refused_naming_the_closest(compose_cfg, override, closest):
+    cfg = compose_cfg(["loss=dynamic_bce", override, *RESOLVABLE])  # Hydra lets a '+' add it ...
+    with pytest.raises(CxrError, match=re.escape(closest)):  # ... cxr's checks refuse it, before any work
+        check_training(cfg)
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_plus_typo_in_one_line_without_training(tmp_path):
+    out = run_cli(
+        "cxr.train",
+        "loss=dynamic_bce",
+        "+loss.smoothing_factr=0.2",
+        f"output_dir={tmp_path}/out",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("cxr: error: loss.smoothing_factr: ") and "loss.smoothing_factor?" in line
+    assert not (tmp_path / "mlflow.db").exists()  # no run was started
 
 
 def test_cli_prints_the_composed_job_config():

@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from cxr.config import (
     CONF_DIR,
     check_app,
+    check_ensemble,
     check_evaluation,
     check_predict,
     check_training,
@@ -39,7 +40,7 @@ CONFIG_NAMES = {
 CHECKS = {
     "train": check_training,
     "evaluate": lambda cfg: check_evaluation(cfg.evaluation),
-    "ensemble": lambda cfg: check_evaluation(cfg.evaluation),
+    "ensemble": check_ensemble,
     "predict": check_predict,
     "app": check_app,
 }

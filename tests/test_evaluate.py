@@ -41,6 +41,7 @@ def test_evaluate_by_run_id_reproduces_the_training_evaluation(trained):
     assert history[1].value == pytest.approx(history[0].value, abs=1e-6)  # same model, same split, same data
     after = client.get_run(run.info.run_id)
     assert after.info.status == "FINISHED"
+    assert after.info.end_time == run.info.end_time  # the training's duration, not the re-evaluation's
     logged_model = f"runs:/{run.info.run_id}/{model_name(run.info.run_name)}"
     assert after.data.tags["cxr.reevaluated_with"] == logged_model
 

@@ -7,6 +7,7 @@ in the user's package: options name it by dotted path with `_target_`.
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -15,6 +16,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from cxr.config import check_training
 from cxr.models import MODELS
 from cxr.runtime.errors import CxrError
 from cxr.training.losses import LOSSES
@@ -45,6 +47,18 @@ class ScaledBCE(keras.losses.Loss):
 
 
 TARGET = f"{__name__}.build_tiny_net"
+
+
+@dataclass
+class WideNet:
+    """The keys `build_wide_net`'s option takes: declared, so a misspelt `+model.widht` is refused."""
+
+    width: int = 4
+
+
+def build_wide_net(cfg: WideNet, x, num_classes: int):
+    """`build_tiny_net`, declaring its option's keys by its first parameter's annotation."""
+    return build_tiny_net(cfg, x, num_classes)
 
 
 def build_scaled_bce(cfg, train_labels):
@@ -135,6 +149,19 @@ def test_own_options_keys_are_checked_like_cxrs(compose_cfg, user_dir):
     (user_dir / "model" / "no_target.yaml").write_text("defaults: [schema_custom, _self_]\nname: no_target\n")
     with pytest.raises(MissingMandatoryValue, match="_target_"):
         MODELS.for_option(compose_cfg([searchpath, "model=no_target"]).model)
+
+
+def test_a_custom_options_keys_are_those_its_builder_declares(compose_cfg, user_dir):
+    """After composition (cxr's value checks): an undeclaring builder takes any key; a declaring one only
+    its own, and a misspelt one is refused naming the closest."""
+    searchpath = f"hydra.searchpath=[file://{user_dir}]"
+    free = compose_cfg([searchpath, "model=tiny_net", "+model.depth=2", "output_dir=/tmp/out"])
+    check_training(free)
+    target = f"model._target_={__name__}.build_wide_net"
+    check_training(compose_cfg([searchpath, "model=tiny_net", target, "output_dir=/tmp/out"]))
+    typo = compose_cfg([searchpath, "model=tiny_net", target, "+model.widht=8", "output_dir=/tmp/out"])
+    with pytest.raises(CxrError, match=r"model.widht: .*build_wide_net.*did you mean model.width\?"):
+        check_training(typo)
 
 
 def test_target_picks_the_users_builder_and_a_bad_one_says_what_to_do():

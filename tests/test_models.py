@@ -17,7 +17,7 @@ from cxr.config import AugmentConfig, DenseNet121CbamConfig, DenseNet121Config, 
 from cxr.data.labels import NIH_PATHOLOGIES
 from cxr.models import MODELS, build_model
 from cxr.models.cbam import CBAM, ChannelAttention, SpatialAttention
-from cxr.models.layers import GreyToImageNet
+from cxr.models.layers import GreyToImageNet, GreyToUnit
 from cxr.runtime.errors import CxrError
 from cxr.training.losses import DynamicWeightedBCE
 from cxr.training.metrics import epoch_metrics
@@ -54,6 +54,17 @@ def test_grey_to_imagenet_equals_densenet_preprocessing_of_the_rgb_copy():
     grey = images(2, size=8)
     expected = densenet.preprocess_input(np.repeat(grey, 3, axis=-1).astype(np.float32))
     np.testing.assert_allclose(np.asarray(GreyToImageNet()(grey)), expected, atol=1e-5)
+
+
+@pytest.mark.backend
+def test_the_small_cnn_learns_from_the_one_grey_channel_and_the_densenets_from_imagenet_rgb():
+    """Issue 24: the demo's small CNN spent a third of its first layer on three copies of one channel."""
+    np.testing.assert_allclose(np.asarray(GreyToUnit()(np.array([[0, 255]], np.uint8))), [[-1.0, 1.0]])
+    small = build_model(model_cfg("small_cnn"), SIZE, NUM_CLASSES)
+    assert isinstance(small.get_layer("preprocess"), GreyToUnit)
+    assert small.get_layer("conv0").kernel.shape == (3, 3, 1, 4)
+    dense = build_model(model_cfg("densenet121"), SIZE, NUM_CLASSES)
+    assert isinstance(dense.get_layer("preprocess"), GreyToImageNet)
 
 
 @pytest.mark.backend

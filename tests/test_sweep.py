@@ -3,6 +3,7 @@ storage and a real SQLite MLflow store."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -138,6 +139,9 @@ def test_trials_skip_intervals_and_plots_and_the_best_trial_gets_them_at_the_end
         if run_id == best_run:
             assert "val/auc_mean_ci_low" in metrics and "test/auc_mean_ci_high" in metrics
             assert "plots/roc_val.png" in plots and child.data.tags["cxr.reevaluated_with"]
+            # the re-evaluation at the end of the sweep leaves the trial's end time (its duration) alone
+            reevaluated = client.get_metric_history(run_id, "val/auc_mean_ci_low")[-1].timestamp
+            assert child.info.status == "FINISHED" and child.info.end_time < reevaluated
         else:
             assert "val/auc_mean_ci_low" not in metrics and plots == []
     assert sorted(registered_runs(tmp_path)) == sorted(c.info.run_id for c in children)
@@ -583,38 +587,81 @@ SECRET = "s3cretXYZ"
 
 @pytest.mark.slow
 def test_a_storage_password_is_found_nowhere_in_mlflow_the_artifacts_or_the_console(tmp_path, data_root):
-    """SQLite takes (and ignores) unknown URI parameters, so a real sweep runs on a URL with a password."""
+    """SQLite takes (and ignores) unknown URI parameters, so a real sweep runs on a URL with a password;
+    the tracking server (a real one on 127.0.0.1) ignores a URL's user and password. Hydra re-writes the
+    job's `tracking.uri` override escaped (`http\\://bob\\:...@`), the spelling issue 24 found leaking."""
+    import signal
     import sqlite3
 
+    from tests.services import mlflow_server
+
     url = f"sqlite:///file:{tmp_path}/optuna.db?uri=true&password={SECRET}"
-    args = [a for a in sweep_args(tmp_path, data_root, "masked") if not a.startswith("hydra.sweeper.storage")]
-    out = run_cli(
-        "cxr.train",
-        *args,
-        f"hydra.sweeper.storage='{url}'",
-        "hydra/sweeper=cxr_optuna",
-        "hydra.sweeper.n_trials=2",
-        "seed=choice(1,2)",
-        "hydra.sweeper.trial_evaluation.best_trials=0",
-        *REGISTER,
-    )
+    (tmp_path / "server").mkdir()
+    backend = f"sqlite:///{tmp_path}/server/mlflow.db"
+    server, address = mlflow_server(backend, tmp_path / "server/art", tmp_path)
+    tracking = address.replace("http://", f"http://bob:{SECRET}@")
+    args = [
+        a
+        for a in sweep_args(tmp_path, data_root, "masked")
+        if not a.startswith(("hydra.sweeper.storage", "tracking.uri", "tracking.artifact_root"))
+    ]
+    try:
+        out = run_cli(
+            "cxr.train",
+            *args,
+            f"tracking.uri={tracking}",
+            f"hydra.sweeper.storage='{url}'",
+            "hydra/sweeper=cxr_optuna",
+            "hydra.sweeper.n_trials=2",
+            "seed=choice(1,2)",
+            "hydra.sweeper.trial_evaluation.best_trials=0",
+            *REGISTER,
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(load(tmp_path, "masked").trials) == 2
-    store = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")
+    store = sqlite3.connect(tmp_path / "server" / "mlflow.db")
     dump = "\n".join(store.iterdump())
-    assert "password=***" in dump  # the storage is logged (tag, params, overrides), masked
+    assert "password=***" in dump and "bob:***@" in dump  # storage and store are logged, masked
+    assert "bob\\:***@" in dump  # the child runs' hydra.overrides tag, in Hydra's escaped spelling
     assert SECRET not in dump
-    artifacts = [p for p in (tmp_path / "mlruns" / "artifacts").rglob("*") if p.is_file()]
+    artifacts = [p for p in (tmp_path / "server" / "art").rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in artifacts)
     assert not [p for p in artifacts if SECRET.encode() in p.read_bytes()]
     records = list((tmp_path / "multirun").rglob("*.yaml"))  # Hydra's own: multirun.yaml, .hydra/*.yaml
     assert {"multirun.yaml", "overrides.yaml", "config.yaml", "hydra.yaml"} <= {p.name for p in records}
     assert not [p for p in records if SECRET in p.read_text()]
     assert "Launching 1 jobs locally" in out.stdout and "password=***" in out.stdout
+    assert "#0 : " in out.stdout and "bob\\:***@" in out.stdout  # Hydra's line of each job's overrides
     assert SECRET not in out.stdout + out.stderr
     assert "Warning" not in out.stderr  # Optuna's experimental-feature warnings are cxr's to silence
     assert "trial 1/2 done (number 0): 0." in out.stdout and "trial 2/2 done (number 1): " in out.stdout
     assert ", best so far 0." in out.stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tracking.uri=http://bob:{}@127.0.0.1:5612",
+        "tracking.uri='http://bob:{}@127.0.0.1:5612'",  # quoted
+        "tracking.uri=http\\://bob\\:{}@127.0.0.1\\:5612",  # Hydra's escaped job override
+        "['tracking.uri=http\\\\://bob\\\\:{}@h']",  # ... in a Python list's repr
+        "http\\://a\\:{}\\ x@h1\\,http\\://c\\:{}@h2",  # an escaped space; a sweep of two
+        "next=http%3A%2F%2Fbob%3A{}%40host%2Fdb",  # percent-encoded
+        "next=http%3a%2f%2fbob%3a{}%2540%40host",  # ... lower case, an encoded '%' in the password
+        "postgresql://u:{}@@db/x",  # an unencoded '@' in the password
+        "sqlite\\:///f?uri\\=true&password\\={}&x\\=1",  # a parameter, escaped
+        "x%3Fpassword%3D{}%26y%3D1",  # a parameter, percent-encoded
+    ],
+)
+def test_every_spelling_of_a_url_password_is_masked(text):
+    from cxr.runtime.masking import mask
+
+    masked = mask(text.format(SECRET, SECRET))
+    assert SECRET not in masked and "***" in masked
+    assert mask("http://host:5000/a?b=c@d") == "http://host:5000/a?b=c@d"  # no password, unchanged
 
 
 def test_hydra_s_record_is_masked_in_place_and_an_unreadable_file_only_warns(tmp_path, caplog):
@@ -631,6 +678,20 @@ def test_hydra_s_record_is_masked_in_place_and_an_unreadable_file_only_warns(tmp
     assert plain.read_text() == "seed: 1\n" and broken.read_bytes() == b"\xff\xfe not utf-8"
     assert "could not mask the passwords in" in caplog.text and "hydra.yaml" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+
+
+def test_a_failed_jobs_overrides_and_a_cxr_error_are_masked_where_hydra_prints_them():
+    """Hydra writes "Error executing job with overrides: [...]" to stderr itself, and a failed multirun
+    job's exception with its traceback; the URL in both is Hydra's escaped spelling."""
+    from hydra.core.utils import JobReturn
+
+    from cxr.runtime.hydra_record import MaskHydraRecord
+
+    job = JobReturn(overrides=[f"tracking.uri=http\\://bob\\:{SECRET}@127.0.0.1\\:5612", "seed=1"])
+    MaskHydraRecord().on_job_end(OmegaConf.create({}), job)
+    assert job.overrides == ["tracking.uri=http\\://bob\\:***@127.0.0.1\\:5612", "seed=1"]
+    err = CxrError(f"MLflow store is not usable: API request to http://bob:{SECRET}@127.0.0.1:1/api failed")
+    assert SECRET not in str(err) and "http://bob:***@127.0.0.1:1/api" in str(err)
 
 
 def test_config_params_mask_passwords_in_any_url(compose_cfg, tmp_path):

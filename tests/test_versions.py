@@ -23,6 +23,7 @@ from tests.conftest import TINY_MODEL, run_cli
 pytestmark = pytest.mark.slow
 
 NAME = TINY_MODEL
+MEMBERS = "cxr-demo"  # the experiment the registry's versions were trained in
 # version -> (validation mean AUC tag, test mean AUC metric, image size); version 1 is the trained run
 # (the trained version 1 lands in between: a tiny model's validation AUC is far from both ends)
 PLANTED = {
@@ -73,6 +74,11 @@ def registry(tiny_store, tmp_path_factory):
     trained = client.get_model_version(NAME, "1")
     for version, (val, test, size) in PLANTED.items():
         assert plant_version(cfg, trained.run_id, val, test, size, seed=version) == str(version)
+    # the members' experiment is not cxr.ensemble's default one: the ensemble must land beside them
+    client.rename_experiment(
+        client.get_experiment_by_name(cfg.tracking.experiment_name).experiment_id, MEMBERS
+    )
+    cfg.tracking.experiment_name = MEMBERS
     return cfg, client
 
 
@@ -130,6 +136,62 @@ def test_the_ensemble_takes_the_top_five_on_validation_never_test(registry, ense
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/test_members_per_disease.csv", "evaluation/thresholds.json"} <= names
     assert "ensemble mean AUC [95% CI]: validation" in out.stdout
+    assert client.get_experiment(run.info.experiment_id).name == MEMBERS  # beside its members
+    assert client.get_experiment_by_name("cxr") is None
+
+
+def val_means(client, run_id: str) -> tuple[float, dict[str, float]]:
+    """An ensemble run's validation mean AUC, and each member's, from its side-by-side table."""
+    import pandas as pd
+
+    path = client.download_artifacts(run_id, "evaluation/val_members_per_disease.csv")
+    table = pd.read_csv(path, header=[0, 1], index_col=0)
+    members = {m[1:]: table[(m, "auc")].mean() for m in table.columns.get_level_values(0) if m != "ensemble"}
+    return client.get_run(run_id).data.metrics[mn.RANK], members
+
+
+def test_the_ensemble_says_plainly_when_it_does_not_beat_its_best_member(registry, ensemble):
+    cfg, client = registry
+    out, version = ensemble
+    ensemble_val, members = val_means(client, client.get_model_version(NAME, version).tags["run_id"])
+    best = max(members, key=members.get)
+    if ensemble_val > members[best]:
+        assert "Promote it: python -m cxr.promote" in out.stdout
+    else:  # the planted versions' tags promise 0.96-0.99; their real validation AUC is chance
+        assert "Promote it" not in out.stdout
+        assert (
+            f"the ensemble does not beat its best member on validation: mean AUC {ensemble_val:.4f}"
+            in out.stderr
+        )
+        assert "selection=greedy" in out.stderr and f"model_name={NAME} version={best}" in out.stderr
+
+
+def test_greedy_selection_is_never_worse_than_its_best_member_on_validation(registry, ensemble):
+    cfg, client = registry
+    out = cli(
+        cfg,
+        "cxr.ensemble",
+        f"model_name={NAME}",
+        "selection=greedy",
+        "max_members=4",
+        "tracking.experiment_name=chosen",
+        "evaluation.bootstrap.resamples=0",
+        "evaluation.plots=false",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    version = out.stdout.split(f"registered as models:/{NAME}/")[1].split()[0]
+    tags = client.get_model_version(NAME, version).tags
+    run = client.get_run(tags["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "chosen"  # given: where it goes
+    ensemble_val, members = val_means(client, tags["run_id"])
+    candidates = [c.version for c in model_registry.ranked_versions(client, NAME, kind="single")]
+    assert set(members) <= set(candidates)
+    assert ensemble_val >= max(members.values()) - 1e-6
+    spec = pyfunc.load(f"models:/{NAME}/{version}").spec
+    picks = [m["picks"] for m in spec.members]
+    assert 1 <= sum(picks) <= 4 and all(p >= 1 for p in picks)
+    np.testing.assert_allclose(spec.weights, [p / sum(picks) for p in picks], rtol=1e-6)
+    assert "greedy selection" in out.stdout
 
 
 def test_the_ensemble_is_the_mean_of_its_members_at_their_own_sizes(registry, ensemble):

@@ -1,16 +1,18 @@
-"""An ensemble of the top K registered versions: averaged, evaluated like a training run, registered.
+"""An ensemble of registered versions: averaged, evaluated like a training run, registered.
 
-Members are ranked by validation mean AUC from their version tags (never a test number), must share
+Candidates are ranked by validation mean AUC from their version tags (never a test number), must share
 one patient split, and may run at different image sizes (each member reads the cache at its own
-size). The ensemble's thresholds are chosen on validation; validation and test are evaluated with
-the same metrics, intervals and plots as a training run; one MLflow run holds the members, a
+size); the top K, or greedy selection on their validation predictions, make the members
+(`cxr.evaluation.member_selection`). The ensemble's thresholds are chosen on validation; validation
+and test are evaluated with the same metrics, intervals and plots as a training run; one MLflow run
+(in the members' experiment unless `tracking.experiment_name` is given) holds the members, a
 per-disease table of each member beside the ensemble, and the ensemble as a registered cxr pyfunc.
+When the ensemble does not beat its best member on validation, it says so instead of "Promote it".
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +26,9 @@ from omegaconf import OmegaConf
 from cxr.data.prepared import relocated
 from cxr.data.splits import write_split_csv
 from cxr.evaluation.box_localisation import images_of, localise_and_log
+from cxr.evaluation.member_selection import SELECTIONS, WEIGHTINGS, pool_size, verdict
 from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line
+from cxr.evaluation.scoring import mean_auc
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
 from cxr.serving import pyfunc
@@ -44,21 +48,10 @@ from cxr.tracking.names import (
 if TYPE_CHECKING:
     from cxr.config import EnsembleConfig
 
-WEIGHTINGS = ("mean", "val_auc")
-
-
-def member_weights(scores: Sequence[float], method: str) -> list[float]:
-    """Each member's share: equal, or proportional to its validation AUC above chance (0.5)."""
-    if method == "mean":
-        return [1.0 / len(scores)] * len(scores)
-    if method == "val_auc":
-        skill = np.clip(np.asarray(scores, np.float64) - 0.5, 1e-6, None)
-        return (skill / skill.sum()).tolist()
-    raise CxrError(f"weights={method!r}: choose one of {', '.join(WEIGHTINGS)}")
-
 
 def select_members(client: MlflowClient, cfg: EnsembleConfig) -> list[versions.Candidate]:
-    """The top K single-model versions by validation AUC, all scored on one split."""
+    """The candidates: the top K single-model versions by validation AUC (`selection=top_k`), or every
+    matching one (`greedy`), all scored on one split."""
     ranked = versions.ranked_versions(
         client,
         cfg.model_name,
@@ -73,8 +66,8 @@ def select_members(client: MlflowClient, cfg: EnsembleConfig) -> list[versions.C
             + "".join(f", {k}={v}" for k, v in (("study", cfg.study), ("experiment", cfg.experiment)) if v)
             + "); train with tracking.registered_model_name set"
         )
-    members = ranked[: cfg.top_k]
-    if len(members) < cfg.top_k:
+    members = ranked[: pool_size(cfg)]
+    if cfg.selection == "top_k" and len(members) < cfg.top_k:
         log.warning(f"cxr: warning: only {len(members)} version(s) match; the ensemble has {len(members)}")
     splits = {m.tags.get(SPLIT_DIGEST_TAG) for m in members}
     if len(splits) > 1:
@@ -95,20 +88,50 @@ def side_by_side(member_tables: dict[str, pd.DataFrame], ensemble: pd.DataFrame)
     return pd.concat(parts, axis=1)
 
 
+def members_experiment(client: MlflowClient, run_id: str) -> str:
+    """The name of the experiment a member's training run is in: where its ensemble goes by default."""
+    return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
 def build(cfg: EnsembleConfig) -> dict[str, float]:
     """Builds, evaluates, logs and registers the ensemble `cfg` describes; says where it went."""
     if cfg.weights not in WEIGHTINGS:
         raise CxrError(f"weights={cfg.weights!r}: choose one of {', '.join(WEIGHTINGS)}")
     if cfg.top_k < 1:
         raise CxrError(f"top_k={cfg.top_k}: an ensemble needs at least one member")
+    select = SELECTIONS.get(cfg.selection)
 
     client = MlflowClient(cfg.tracking.uri)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     candidates = select_members(client, cfg)
-    weights = member_weights([c.score for c in candidates], cfg.weights)
     loaded = [pyfunc.load(c.uri, cfg.tracking.trusted_imports) for c in candidates]
+    if any(m.pathologies != loaded[0].pathologies for m in loaded):
+        raise CxrError("ensemble members predict different pathology lists")
+    if any(len(m.members) != 1 for m in loaded):
+        raise CxrError("ensemble members must be single models (cxr.kind=single)")
     run_cfg, logged_split = runs.logged_run_inputs(candidates[0].run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
+    # every candidate scored once on validation and test: selection reads validation, the report both
+    pool = pyfunc.CxrModel.of(
+        [m.members[0] for m in loaded],
+        pyfunc.ModelSpec(list(loaded[0].pathologies), {}, [m.spec.image_sizes[0] for m in loaded], []),
+    )
+    splits = ["val", "test"]
+    pool_scores, data = predict_members(
+        pool, dataset, splits, cfg.evaluation.batch_size, logged_split, f"run {candidates[0].run_id}"
+    )
+    y_val = data.labels[data.rows["val"]]
+    val_means = [mean_auc(y_val, scores["val"]) for scores in pool_scores]
+    choice = select([c.score for c in candidates], y_val, [scores["val"] for scores in pool_scores], cfg)
+    best = int(np.nanargmax(val_means))
+    best_version, best_val = candidates[best].version, val_means[best]
+    kept = [i for i, w in enumerate(choice.weights) if w > 0]
+    candidates = [candidates[i] for i in kept]
+    loaded = [loaded[i] for i in kept]
+    member_scores = [pool_scores[i] for i in kept]
+    weights = [choice.weights[i] for i in kept]
+    picks = [choice.picks[i] for i in kept] if choice.picks else [None] * len(kept)
+    member_vals = [val_means[i] for i in kept]
     spec = pyfunc.ModelSpec(
         pathologies=list(loaded[0].pathologies),
         thresholds={},  # chosen below, on validation, for the ensemble itself
@@ -117,18 +140,11 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
         kind="ensemble",
         members=[
             {"version": c.version, "run_id": c.run_id, versions.RANK_METRIC: c.score, "weight": w}
-            for c, w in zip(candidates, weights, strict=True)
+            | ({"picks": p} if p is not None else {})
+            for c, w, p in zip(candidates, weights, picks, strict=True)
         ],
     )
-    if any(m.pathologies != loaded[0].pathologies for m in loaded):
-        raise CxrError("ensemble members predict different pathology lists")
-    if any(len(m.members) != 1 for m in loaded):
-        raise CxrError("ensemble members must be single models (cxr.kind=single)")
     model = pyfunc.CxrModel.of([k for m in loaded for k in m.members], spec)
-    splits = ["val", "test"]
-    member_scores, data = predict_members(
-        model, dataset, splits, cfg.evaluation.batch_size, logged_split, f"run {candidates[0].run_id}"
-    )
     predictions = combined(model, member_scores, data)
     evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
     spec.thresholds = evaluation.thresholds["thresholds"]
@@ -143,8 +159,11 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             "dataset": OmegaConf.to_container(dataset, resolve=True),
         }
     )
+    if not logged_cfg.tracking.experiment_name:  # beside its members, unless given
+        logged_cfg.tracking.experiment_name = members_experiment(client, candidates[0].run_id)
     name = cfg.ensemble_name or cfg.model_name
-    with runs.tracked_run(logged_cfg, [], run_name=f"ensemble-{name}-top{len(candidates)}") as run_id:
+    label = f"top{len(candidates)}" if cfg.selection == "top_k" else f"greedy{len(candidates)}"
+    with runs.tracked_run(logged_cfg, [], run_name=f"ensemble-{name}-{label}") as run_id:
         mlflow.set_tags({MODEL_KIND_TAG: "ensemble", MEMBERS_TAG: ",".join(c.version for c in candidates)})
         mlflow.log_params({f"member.{i}.version": c.version for i, c in enumerate(candidates)})
         mlflow.log_params({f"member.{i}.run_id": c.run_id for i, c in enumerate(candidates)})
@@ -169,16 +188,26 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             spec,
             evaluation,
             data,
-            cfg.tracking,
+            logged_cfg.tracking,
             name,
             extra_tags={MEMBERS_VERSION_TAG: members},
         )
 
     metrics = evaluation.metrics
-    log.info(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({cfg.weights} weights):")
-    for c, w in zip(candidates, weights, strict=True):
-        log.info(f"  version {c.version}: validation mean AUC {c.score:.4f}, weight {w:.3f}, run {c.run_id}")
+    how = f"{cfg.weights} weights" if cfg.selection == "top_k" else f"greedy selection, {sum(picks)} picks"
+    log.info(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({how}):")
+    for c, v, w, p in zip(candidates, member_vals, weights, picks, strict=True):
+        picked = f" ({p} pick{'s' if p > 1 else ''})" if p is not None else ""
+        log.info(
+            f"  version {c.version}: validation mean AUC {v:.4f}, weight {w:.3f}{picked}, run {c.run_id}"
+        )
     log.info(f"ensemble {validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence)}")
-    log.info(f"registered as models:/{name}/{info.registered_model_version} (MLflow run {run_id})")
-    log.info(f"Promote it: python -m cxr.promote model_name={name} version={info.registered_model_version}")
+    version = info.registered_model_version
+    where = f"experiment {logged_cfg.tracking.experiment_name!r}"
+    log.info(f"registered as models:/{name}/{version} (MLflow run {run_id}, {where})")
+    warning = verdict(metrics[versions.RANK_METRIC], best_val, best_version, cfg.model_name, cfg.selection)
+    if warning:
+        log.warning(warning)
+    else:
+        log.info(f"Promote it: python -m cxr.promote model_name={name} version={version}")
     return metrics

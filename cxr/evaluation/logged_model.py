@@ -72,7 +72,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
     source = {"logged_split": logged_split, "split_source": f"run {run_id}"}
     images_at = images_of(data, dataset, **source)
-    with mlflow.start_run(run_id=run_id):
+    with runs.reopened(run_id):  # its status and end time stay the training's
         log_evaluation(evaluation, cfg.evaluation.plots)
         mlflow.set_tag(REEVALUATED_TAG, model_uri)
         located = {}

@@ -133,6 +133,15 @@ def _nanmean_rows(x: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, np.where(defined, x, 0.0).sum(axis=-1) / np.maximum(counts, 1), np.nan)
 
 
+def mean_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """The point estimate of `auc_mean` (`evaluate_split`'s) without the rest: what greedy ensemble
+    selection compares many times over (labels without both classes are left out)."""
+    y, s = np.asarray(y, np.float64), np.asarray(s, np.float64)
+    ones = np.ones((len(y), 1))
+    aucs = np.array([[Ranking(y[:, k], s[:, k]).auc(ones)[0] for k in range(y.shape[1])]])
+    return float(_nanmean_rows(aucs)[0])
+
+
 # ------------------------------------------------------------------ one split's report
 @dataclass
 class SplitReport:

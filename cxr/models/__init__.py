@@ -6,7 +6,8 @@ It imports only `cxr.runtime` (and config schemas as type hints): no MLflow, no 
 maps the preprocessed image tensor to 14 outputs: `builder(cfg, x, num_classes) -> outputs`.
 
 Every model takes raw grey images, (N, size, size, 1) uint8: training-time augmentation (when asked
-for), then GreyToImageNet, then the builder's layers.
+for), then the model's preprocessing (`PREPROCESSING`: GreyToImageNet, or GreyToUnit for the small
+CNN), then the builder's layers.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ import keras
 from cxr.models import densenet as _densenet  # noqa: F401  (each module registers its builders)
 from cxr.models import small_cnn as _small_cnn  # noqa: F401
 from cxr.models.builders import MODELS
-from cxr.models.layers import GreyToImageNet, augmentation
+from cxr.models.layers import GreyToImageNet, GreyToUnit, augmentation
 
 if TYPE_CHECKING:  # types only: config sits above models
     from cxr.config import AugmentConfig, ModelConfig
+
+# The preprocessing layer of each registered model that does not take GreyToImageNet (the DenseNets'
+# ImageNet weights need its 3-channel normalised copy, and a builder of your own gets it as documented):
+# the small CNN learns from scratch on the one grey channel.
+PREPROCESSING: dict[str, type[keras.layers.Layer]] = {"small_cnn": GreyToUnit}
 
 
 def build_model(
@@ -41,7 +47,9 @@ def build_model(
     block = augmentation(augment) if augment is not None else None
     if block is not None:
         x = block(x)
-    outputs = MODELS.for_option(cfg)(cfg, GreyToImageNet(name="preprocess")(x), num_classes)
+    custom = "_target_" in cfg.keys()  # noqa: SIM118  (keys(): a `_target_` left unset counts)
+    preprocess = GreyToImageNet if custom else PREPROCESSING.get(cfg.name, GreyToImageNet)
+    outputs = MODELS.for_option(cfg)(cfg, preprocess(name="preprocess")(x), num_classes)
     return keras.Model(inputs, outputs, name=cfg.name)
 
 

@@ -35,6 +35,19 @@ class GreyToImageNet(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cxr")
+class GreyToUnit(keras.layers.Layer):
+    """(B, H, W, 1) grey in [0, 255] -> (B, H, W, 1) float in [-1, 1]: the input of a network that learns
+    from scratch (the small CNN). ImageNet's 3-channel normalisation is for ImageNet weights; for
+    anything else, three copies of one grey channel triple the first convolution's work for nothing."""
+
+    def call(self, inputs):
+        return ops.cast(inputs, "float32") * (2.0 / 255.0) - 1.0
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="cxr")
 class ClipGrey(keras.layers.Layer):
     """Clips grey values to [0, 255], the range of the uint8 images, as float32."""
 

@@ -50,21 +50,25 @@ class Builders(Generic[T]):
         # keys(): `in` says no for a `_target_` left unset (???), which must fail, not fall back to `name`
         if "_target_" not in cfg.keys():  # noqa: SIM118
             return self.get(cfg.name)
-        target = cfg._target_
-        module, _, attribute = target.rpartition(".")
-        try:
-            builder = getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError, ValueError) as err:
-            raise CxrError(
-                f"{self.kind}._target_={target}: {type(err).__name__}: {err}; name a function by its dotted "
-                "path (package.module.function) in a module that is installed or on PYTHONPATH"
-            ) from None
-        if not callable(builder):
-            raise CxrError(f"{self.kind}._target_={target} is not a function")
-        return builder
+        return import_builder(self.kind, cfg._target_)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._entries))
+
+
+def import_builder(kind: str, target: str) -> Callable:
+    """The function `target` (a dotted path) names, for an option of `kind` (model, loss, ...)."""
+    module, _, attribute = target.rpartition(".")
+    try:
+        builder = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CxrError(
+            f"{kind}._target_={target}: {type(err).__name__}: {err}; name a function by its dotted "
+            "path (package.module.function) in a module that is installed or on PYTHONPATH"
+        ) from None
+    if not callable(builder):
+        raise CxrError(f"{kind}._target_={target} is not a function")
+    return builder

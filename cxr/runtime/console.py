@@ -50,7 +50,8 @@ def banner(command: str, cfg: DictConfig) -> str:
         if value is not None:
             parts.append(f"{key} {value}")
     if "tracking" in cfg:
-        parts.append(f"store {mask(cfg.tracking.uri)} (experiment {cfg.tracking.get('experiment_name')})")
+        experiment = cfg.tracking.get("experiment_name") or "of its members"  # cxr.ensemble's default
+        parts.append(f"store {mask(cfg.tracking.uri)} (experiment {experiment})")
     return f"cxr.{command}: " + ", ".join(parts)
 
 

@@ -34,7 +34,13 @@ def shorten(text: str, limit: int) -> str:
 
 
 class CxrError(Exception):
-    """A problem with the user's input or environment: the message says what, where and what to do."""
+    """A problem with the user's input or environment: the message says what, where and what to do.
+
+    Its text is masked (`cxr.runtime.masking.mask`): a message that quotes a library's error may carry
+    a URL's password, and Hydra prints a failed multirun job's exception itself."""
+
+    def __str__(self) -> str:
+        return mask(super().__str__())
 
 
 def _interrupted() -> NoReturn:

@@ -3,7 +3,9 @@
 Hydra writes the composed config and the command line as typed to `<run dir>/.hydra/*.yaml` (and a
 multirun's to `<sweep dir>/multirun.yaml`) before the job starts; with a storage or tracking URL that
 holds a password, those files kept it. The callback rewrites them masked (`cxr.runtime.masking.mask`) as each
-job starts: the job itself still has the real URL in memory; the files are a record, not an input.
+job starts: the job itself still has the real URL in memory; the files are a record, not an input. As
+each job ends, its overrides in Hydra's `JobReturn` are masked too: Hydra prints them on stderr when the
+job failed ("Error executing job with overrides: [...]").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -57,3 +60,7 @@ class MaskHydraRecord(Callback):
         if hydra.mode == RunMode.MULTIRUN:  # relative to where the command started (jobs may chdir)
             folders.append(Path(hydra.runtime.cwd) / hydra.sweep.dir)
         mask_files(p for folder in folders if folder.is_dir() for p in folder.glob("*.yaml"))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.overrides:
+            job_return.overrides = [mask(o) for o in job_return.overrides]
