@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.evaluation.scoring import THRESHOLD_METHODS
+from cxr.evaluation.subgroups import ATTRIBUTES as SUBGROUP_ATTRIBUTES
 from cxr.runtime.errors import CxrError
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
@@ -65,6 +66,9 @@ class SyntheticGeneratorConfig:
     noise: float = 0.06  # std of pixel noise, in units of the full grey range
     min_prevalence: float = 0.0  # floor on each disease's prevalence, so small sets have positives
     followup_correlation: float = 0.7  # how much a patient's follow-up images share findings
+    ap_noise: float = (
+        1.0  # pixel noise of AP images as a multiple of `noise`: > 1 plants a harder AP subgroup
+    )
 
 
 @dataclass
@@ -198,6 +202,26 @@ class BootstrapConfig:
 
 
 @dataclass
+class OperatingPointsConfig:
+    """Operating points at a target, thresholds chosen on validation (cxr.evaluation.targets)."""
+
+    specificity: list[float] = field(default_factory=lambda: [0.9, 0.95])  # sensitivity at these (spec90 ...)
+    sensitivity: list[float] = field(default_factory=lambda: [0.9, 0.95])  # specificity at these (sens90 ...)
+
+
+@dataclass
+class SubgroupsConfig:
+    """AUC by subgroup with patient-bootstrap intervals, and the largest gap (cxr.evaluation.subgroups)."""
+
+    enabled: bool = True
+    attributes: list[str] = field(default_factory=lambda: ["sex", "age", "view", "follow_up"])
+    age_bands: list[int] = field(default_factory=lambda: [40, 60, 80])  # <40, 40-59, 60-79, 80+
+    max_age: int = 100  # older is a data error in NIH (e.g. 414): left out and counted
+    min_positives: int = 10  # a group with fewer positives (or negatives) of a finding is "too small"
+    flag_gap: float = 0.02  # a gap is flagged when its interval lies above this
+
+
+@dataclass
 class EvaluationConfig:
     # decision threshold of the per-epoch recall, precision, specificity, NPV, F1 and Hamming loss
     threshold: float = 0.5
@@ -206,6 +230,10 @@ class EvaluationConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     plots: bool = True  # ROC, precision-recall, confusion matrices and training history as artifacts
     batch_size: int = 64  # prediction batch size
+    ece_bins: int = 15  # equal-mass bins of the expected calibration error and the reliability diagrams
+    operating_points: OperatingPointsConfig = field(default_factory=OperatingPointsConfig)
+    subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
+    report: bool = True  # report.html (the report card) and report.json on the run
 
 
 # ---------------------------------------------------------------- trainer
@@ -416,6 +444,29 @@ def check_evaluation(cfg: EvaluationConfig) -> None:
     _require(b.resamples >= 0, "evaluation.bootstrap.resamples", b.resamples, "give 0 (no intervals) or more")
     _require(0.0 < b.confidence < 1.0, "evaluation.bootstrap.confidence", b.confidence, "give e.g. 0.95")
     _require(_positive_int(cfg.batch_size), "evaluation.batch_size", cfg.batch_size, "give 1 or more")
+    check_evidence(cfg)
+
+
+def check_evidence(cfg: EvaluationConfig) -> None:
+    """Calibration bins, operating-point targets and subgroups of the `evaluation` group."""
+    _require(_positive_int(cfg.ece_bins), "evaluation.ece_bins", cfg.ece_bins, "give 1 or more bins")
+    for measure in ("specificity", "sensitivity"):
+        key = f"evaluation.operating_points.{measure}"
+        values = list(cfg.operating_points[measure])
+        _require(
+            all(0.0 < v < 1.0 for v in values), key, values, "give targets between 0 and 1, e.g. [0.9,0.95]"
+        )
+    g = cfg.subgroups
+    for name in g.attributes:
+        _choice("evaluation.subgroups.attributes", name, list(SUBGROUP_ATTRIBUTES))
+    bands = list(g.age_bands)
+    _require(
+        len(bands) > 0 and bands == sorted(set(bands)) and bands[0] > 0,
+        "evaluation.subgroups.age_bands",
+        bands,
+        "give increasing ages that start bands, e.g. [40,60,80]",
+    )
+    _require(g.min_positives >= 1, "evaluation.subgroups.min_positives", g.min_positives, "give 1 or more")
 
 
 def check_monitor(key: str, name: str) -> None:

@@ -1,0 +1,95 @@
+"""What the evidence (calibration, operating points, subgroups) and the report card add to an evaluation,
+at the size of NIH's official test list, with synthetic predictions and metadata.
+
+Times `evaluate_predictions` and `log_evaluation` (into a throwaway SQLite MLflow store) with the
+evidence and card on and off, on validation (`--val-images`) and test, and prints the shares.
+
+    python bench/report_card.py [--images 25596] [--val-images 8652] [--resamples 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from cxr.config import EvaluationConfig
+from cxr.data.labels import NIH_PATHOLOGIES, NIH_PREVALENCE
+from cxr.evaluation.report import evaluate_predictions, log_evaluation
+from cxr.serving.inference import Predictions
+
+
+def split(rng, images: int, patients: int, offset: int) -> Predictions:
+    prevalence = np.asarray(list(NIH_PREVALENCE.values()))
+    y = (rng.random((images, len(prevalence))) < prevalence).astype(np.float32)
+    view = np.where(rng.random(images) < 0.6, "PA", "AP")
+    noise = np.where(view == "AP", 1.3, 1.0)[:, None]
+    s = 1 / (1 + np.exp(-(y * 1.6 - 2.5 + noise * rng.normal(size=y.shape))))
+    meta = pd.DataFrame(
+        {
+            "image_id": [f"{offset + i:08d}.png" for i in range(images)],
+            "sex": np.where(rng.random(images) < 0.56, "M", "F"),
+            "age": rng.integers(1, 96, images),
+            "view": view,
+            "follow_up": rng.integers(0, 6, images),
+        }
+    )
+    return Predictions(y, s.astype(np.float32), np.sort(rng.integers(0, patients, images)) + offset, meta)
+
+
+def timed(predictions, cfg, plots: bool, store: str) -> tuple[float, float]:
+    mlflow.set_tracking_uri(store)
+    start = time.perf_counter()
+    evaluation = evaluate_predictions(predictions, cfg, NIH_PATHOLOGIES)
+    scored = time.perf_counter() - start
+    with mlflow.start_run():
+        start = time.perf_counter()
+        log_evaluation(evaluation, plots)
+        logged = time.perf_counter() - start
+    return scored, logged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=25_596)
+    parser.add_argument("--val-images", type=int, default=8_652)
+    parser.add_argument("--resamples", type=int, default=1000)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    predictions = {
+        "val": split(rng, args.val_images, 2_800, 0),
+        "test": split(rng, args.images, 2_797, 10**6),
+    }
+    print(f"{platform.processor() or platform.machine()}, val {args.val_images}, test {args.images} images")
+    base = OmegaConf.structured(EvaluationConfig)
+    base.bootstrap.resamples = args.resamples
+    settings = {
+        "without evidence or card": {"subgroups": {"enabled": False}, "report": False},
+        "evidence, no card": {"report": False},
+        "evidence and card": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"sqlite:///{tmp}/mlflow.db"
+        results = {}
+        for label, change in settings.items():
+            cfg = OmegaConf.merge(base, change)
+            results[label] = timed(predictions, cfg, True, store)
+            print(f"{label}: evaluate {results[label][0]:.1f} s, log (with plots) {results[label][1]:.1f} s")
+    total = {k: sum(v) for k, v in results.items()}
+    card = total["evidence and card"] - total["evidence, no card"]
+    print(
+        f"the card adds {card:.1f} s, {card / total['evidence, no card']:.0%} of the evaluation with evidence"
+    )
+    print(
+        f"evidence and card add {total['evidence and card'] - total['without evidence or card']:.1f} s in all"
+    )
+
+
+if __name__ == "__main__":
+    main()
