@@ -23,5 +23,8 @@ CONF = [
 setup(
     packages=[*find_namespace_packages(include=["cxr*", "hydra_plugins*"]), *CONF],
     package_dir={"cxr.conf": "conf"},
-    package_data={package: ["*.yaml"] for package in CONF},
+    package_data={
+        **{package: ["*.yaml"] for package in CONF},
+        "cxr.evaluation": ["templates/*.j2"],  # the report card's template
+    },
 )

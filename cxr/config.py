@@ -383,6 +383,23 @@ class EnsembleConfig:
 
 
 @dataclass
+class GatesConfig:
+    """What a candidate must show against the champion on the same validation patients
+    (cxr.evaluation.gates)."""
+
+    enabled: bool = True  # false: compare the ranking metric's tags only, as before the gates
+    margin: float = 0.0  # non-inferiority: the mean-AUC difference's interval must lie above -margin
+    max_finding_drop: float = 0.02  # no finding's AUC may drop by more, beyond noise
+    max_gap_increase: float = 0.02  # no attribute's subgroup gap in mean AUC may widen by more
+    max_ece_increase: float = 0.01  # the pooled calibration error may rise by at most this
+    resamples: int = 1000  # of the paired patient bootstrap
+    confidence: float = 0.95
+    seed: int = 0
+    ece_bins: int = 15
+    subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
+
+
+@dataclass
 class PromoteConfig:
     """`python -m cxr.promote model_name=NAME [version=N]`: move the champion alias, or show candidates."""
 
@@ -393,6 +410,7 @@ class PromoteConfig:
     metric: str = metric_names.RANK  # the validation metric versions are compared by: val/auc_mean
     top: int = 10  # how many candidates the table shows
     tracking: TrackingConfig = MISSING
+    gates: GatesConfig = field(default_factory=GatesConfig)
 
 
 @dataclass
@@ -467,6 +485,15 @@ def check_evidence(cfg: EvaluationConfig) -> None:
         "give increasing ages that start bands, e.g. [40,60,80]",
     )
     _require(g.min_positives >= 1, "evaluation.subgroups.min_positives", g.min_positives, "give 1 or more")
+
+
+def check_gates(cfg: GatesConfig) -> None:
+    """`cxr.promote`'s gates, before the registry is read."""
+    for key in ("margin", "max_finding_drop", "max_gap_increase", "max_ece_increase"):
+        _require(cfg[key] >= 0, f"gates.{key}", cfg[key], "give 0 or more (an AUC or ECE difference)")
+    _require(cfg.resamples >= 1, "gates.resamples", cfg.resamples, "give 1 or more (1000 for the interval)")
+    _require(0.0 < cfg.confidence < 1.0, "gates.confidence", cfg.confidence, "give e.g. 0.95")
+    _require(_positive_int(cfg.ece_bins), "gates.ece_bins", cfg.ece_bins, "give 1 or more bins")
 
 
 def check_monitor(key: str, name: str) -> None:
