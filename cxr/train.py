@@ -74,7 +74,7 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     # config has passed, so --help, --cfg and a bad value answer at once
     import mlflow
 
-    from cxr.evaluation.report import evaluate_predictions, log_evaluation
+    from cxr.evaluation.report import evaluate_predictions, log_evaluation, write_card
     from cxr.serving.inference import predict_splits
     from cxr.serving.registration import log_trained_model
     from cxr.sweep.reporter import open_reporter
@@ -113,7 +113,10 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
         objective = _objective(evaluation, cfg.optimized_metric)
         if cfg.tracking.log_model and (reporter is None or reporter.keeps_model(objective)):
             with tracking.timed("log_model"):
-                log_trained_model(cfg, model, data, evaluation, run_id, reporter)
+                info = log_trained_model(cfg, model, data, evaluation, run_id, reporter)
+            if info.registered_model_version:  # the report card names the version it describes
+                version = f"models:/{cfg.tracking.registered_model_name}/{info.registered_model_version}"
+                write_card(evaluation, {"version": version})
         elif cfg.tracking.log_model:
             mlflow.set_tag(
                 mn.MODEL_SKIPPED_TAG, f"ranked below the study's best {reporter.keep_models} trials"

@@ -119,18 +119,21 @@ _FIGURES = {  # artifact name -> (caption, how to draw it when the evaluation lo
 
 
 def plots(evaluation: Evaluation, drawn: Mapping[str, bytes] | None = None) -> dict[str, dict[str, str]]:
-    """Per split: ROC, precision-recall and reliability diagrams as base64 PNG; those the evaluation
-    already logged (`drawn`, by artifact path) are reused, the others drawn here."""
+    """Per split: ROC, precision-recall and reliability diagrams as base64 PNG. Given `drawn` (the PNGs an
+    evaluation logged, by artifact path), those only, so the card costs no drawing of its own; without it,
+    all drawn here."""
     names, bins = evaluation.pathologies, evaluation.settings.get("ece_bins", 15)
-    drawn = drawn or {}
     out: dict[str, dict[str, str]] = {}
     for split, p in evaluation.predictions.items():
         title = SPLIT_TITLES.get(split, split)
         out[split] = {}
         for kind, (what, draw) in _FIGURES.items():
             caption = f"{what}, {title} set"
-            png = drawn.get(f"plots/{kind}_{split}.png") or figures.png_bytes(draw(p, names, bins, caption))
-            out[split][caption] = base64.b64encode(png).decode("ascii")
+            png = drawn.get(f"plots/{kind}_{split}.png") if drawn is not None else None
+            if drawn is None:
+                png = figures.png_bytes(draw(p, names, bins, caption))
+            if png:
+                out[split][caption] = base64.b64encode(png).decode("ascii")
     return out
 
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from cxr.data.prepared import relocated
 from cxr.data.splits import write_split_csv
-from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line
+from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line, write_card
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
 from cxr.serving import pyfunc
@@ -166,6 +166,9 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             cfg.tracking,
             name,
             extra_tags={MEMBERS_VERSION_TAG: members},
+        )
+        write_card(
+            evaluation, {"version": f"models:/{name}/{info.registered_model_version}", "members": members}
         )
 
     metrics = evaluation.metrics

@@ -53,6 +53,7 @@ class Evaluation:
     undefined: dict[str, str]  # finding -> why some of its numbers are undefined
     evidence: Evidence | None = None  # calibration, operating points at a target, subgroups
     settings: dict = field(default_factory=dict)  # what the report card says it was computed with
+    images: dict = field(default_factory=dict)  # split -> the card's plots (base64 PNG), kept for rewrites
 
 
 def split_metrics(split: str, table: pd.DataFrame, summary: dict[str, float]) -> dict[str, float]:
@@ -216,9 +217,20 @@ def log_evidence(evaluation: Evaluation, plots: bool, drawn: dict[str, bytes] | 
         frame = predictions_frame(evaluation.predictions[THRESHOLD_SPLIT], evaluation.pathologies)
         mlflow.log_text(frame.to_csv(index=False, float_format="%.7g"), mn.VAL_PREDICTIONS_ARTIFACT)
     if evaluation.settings.get("card", True):
-        doc = card.document(evaluation, run_identity())
-        mlflow.log_text(json.dumps(doc, indent=1), mn.REPORT_JSON_ARTIFACT)
-        mlflow.log_text(card.render_html(doc, card.plots(evaluation, drawn)), mn.REPORT_HTML_ARTIFACT)
+        evaluation.images.update(card.plots(evaluation, drawn if plots else {}))
+        write_card(evaluation)
+
+
+def write_card(evaluation: Evaluation, identity: dict | None = None) -> None:
+    """report.json and report.html into the active run; again after registration, naming the version
+    (`identity`), with the plots the evaluation drew."""
+    from cxr.evaluation import card  # here: Jinja2 only when a card is written
+
+    if not evaluation.settings.get("card", True) or evaluation.evidence is None:
+        return
+    doc = card.document(evaluation, run_identity(identity))
+    mlflow.log_text(json.dumps(doc, indent=1), mn.REPORT_JSON_ARTIFACT)
+    mlflow.log_text(card.render_html(doc, evaluation.images), mn.REPORT_HTML_ARTIFACT)
 
 
 def run_identity(extra: dict | None = None) -> dict:
