@@ -427,6 +427,16 @@ class PredictConfig:
     tracking: TrackingConfig = MISSING
 
 
+@dataclass
+class ReportConfig:
+    """`python -m cxr.report model=models:/NAME@champion`: the report card of a registered model."""
+
+    # models:/<name>/<version> or models:/<name>@<alias>; on the command line also `model=...`
+    model_uri: str = MISSING
+    output_dir: str = MISSING  # report.html and report.json go here (default: the Hydra run folder)
+    tracking: TrackingConfig = MISSING
+
+
 # ---------------------------------------------------------------- validation
 MONITOR_MODES = ("min", "max")
 
@@ -577,6 +587,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "ensemble_schema"): EnsembleConfig,
     (None, "promote_schema"): PromoteConfig,
     (None, "predict_schema"): PredictConfig,
+    (None, "report_schema"): ReportConfig,
     ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
     ("dataset", "schema_nih"): NihDatasetConfig,
     ("model", "schema_small_cnn"): SmallCnnConfig,

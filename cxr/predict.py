@@ -16,6 +16,7 @@ import hydra
 import pandas as pd
 
 from cxr.config import CONF_DIR, PredictConfig, check_predict, register_configs
+from cxr.runtime.argv import model_alias
 from cxr.runtime.console import announce
 from cxr.runtime.errors import EXIT_USER_ERROR, exit_on_user_error, run_command
 
@@ -63,12 +64,6 @@ def main(cfg: PredictConfig) -> None:
     announce("predict", cfg)
     if run(cfg):
         sys.exit(EXIT_USER_ERROR)
-
-
-def model_alias(argv: list[str]) -> list[str]:
-    """`model=URI` as users write it, read as `model_uri=URI`: `model` is the model config group's name
-    (cxr.train's `model=densenet121`), so Hydra would take `model=URI` for a group option."""
-    return [f"model_uri={a[len('model=') :]}" if a.startswith("model=") else a for a in argv]
 
 
 if __name__ == "__main__":

@@ -79,3 +79,21 @@ def test_report_json_holds_the_logged_metrics_and_the_evidence(card):
     }
     assert {r["attribute"] for r in test["gaps"]} == {"sex", "age", "view", "follow_up"}
     assert doc["model"]["version"] == f"models:/{TINY_MODEL}/1" and doc["model"]["split digest"]
+
+
+@pytest.mark.slow
+def test_cxr_report_writes_the_card_of_a_registered_version_from_the_registry_alone(tiny_store, tmp_path):
+    from tests.conftest import run_cli
+
+    uri = f"tracking.uri={tiny_store.cfg.tracking.uri}"
+    out = run_cli("cxr.report", f"model=models:/{TINY_MODEL}/1", uri, f"hydra.run.dir={tmp_path}/card")
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = Page()
+    page.feed((tmp_path / "card" / "report.html").read_text(encoding="utf-8"))
+    assert len(page.images) == 6 and f"models:/{TINY_MODEL}/1" in " ".join(page.text)
+    doc = json.loads((tmp_path / "card" / "report.json").read_text())
+    assert doc["model"]["version"] == f"models:/{TINY_MODEL}/1" and doc["model"]["run"] == tiny_store.run_id
+    missing = run_cli("cxr.report", f"model=models:/{TINY_MODEL}/9", uri, f"hydra.run.dir={tmp_path}/none")
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
+        "cxr: error: cannot find"
+    )

@@ -122,7 +122,7 @@ def check_gates(
             "mean_auc",
             ok,
             f"{verdict}: mean AUC difference {_signed(mean)} [{_signed(float(low))}, {_signed(float(high))}]"
-            f" (needs > 0 with the interval above {_signed(-cfg.margin)})",
+            f" (needs > 0 with the interval above {_signed(-cfg.margin or 0.0)})",
         )
     ]
     lows, highs = confidence_interval(boot, cfg.confidence)
