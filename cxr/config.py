@@ -21,6 +21,7 @@ from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.evaluation.subgroups import ATTRIBUTES as SUBGROUP_ATTRIBUTES
 from cxr.runtime.errors import CxrError
+from cxr.serving.calibrators import METHODS as CALIBRATION_METHODS
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
 from cxr.training.backend import check_trainer
@@ -234,6 +235,9 @@ class EvaluationConfig:
     operating_points: OperatingPointsConfig = field(default_factory=OperatingPointsConfig)
     subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
     report: bool = True  # report.html (the report card) and report.json on the run
+    # none, temperature or isotonic: a calibrator per finding fitted on validation, stored in the logged
+    # model and applied wherever it predicts (cxr.predict, serving, cxr.evaluate); training runs only
+    calibration: str = "none"
 
 
 # ---------------------------------------------------------------- trainer
@@ -478,6 +482,7 @@ def check_evaluation(cfg: EvaluationConfig) -> None:
 def check_evidence(cfg: EvaluationConfig) -> None:
     """Calibration bins, operating-point targets and subgroups of the `evaluation` group."""
     _require(_positive_int(cfg.ece_bins), "evaluation.ece_bins", cfg.ece_bins, "give 1 or more bins")
+    _choice("evaluation.calibration", cfg.calibration, CALIBRATION_METHODS)
     for measure in ("specificity", "sensitivity"):
         key = f"evaluation.operating_points.{measure}"
         values = list(cfg.operating_points[measure])

@@ -39,6 +39,7 @@ import cxr.training.losses  # noqa: F401
 import cxr.training.metrics  # noqa: F401
 from cxr.data.images import IMAGE_ERRORS, read_grey, resize
 from cxr.runtime.errors import CxrError
+from cxr.serving.calibrators import apply_calibration
 from cxr.tracking.naming import model_name
 from cxr.training.backend import backend_packages
 
@@ -58,6 +59,8 @@ class ModelSpec:
     kind: str = "single"  # single | ensemble
     members: list[dict] = field(default_factory=list)  # provenance: version, run id, val AUC ...
     imports: list[str] = field(default_factory=list)  # user modules that register custom layers
+    # a post-hoc calibrator per finding, fitted on validation (cxr.serving.calibrators); empty: none
+    calibration: dict = field(default_factory=dict)
 
 
 class CxrModel(mlflow.pyfunc.PythonModel):
@@ -89,7 +92,8 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     def combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from each member's (N, pathologies) probabilities."""
-        return np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
+        mean = np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
+        return apply_calibration(mean, self.spec.calibration, self.spec.pathologies)
 
     def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(N, pathologies) for grey uint8 images of any size: each member sees them at its own size."""

@@ -65,9 +65,10 @@ def log_trained_model(
     evaluation: Evaluation,
     run_id: str,
     reporter: Any = None,
+    calibration: dict | None = None,
 ) -> ModelInfo:
     """One trained member into the active run (`run_id`); `reporter` (a sweep trial's) adds the study and
-    trial to the version's tags."""
+    trial to the version's tags; `calibration`, a calibrator fitted on validation, travels in its spec."""
     spec = pyfunc.ModelSpec(
         pathologies=list(data.pathologies),
         thresholds=evaluation.thresholds["thresholds"],
@@ -77,6 +78,7 @@ def log_trained_model(
         imports=sorted(
             {node._target_.rsplit(".", 1)[0] for node in (cfg.model, cfg.loss) if "_target_" in node}
         ),
+        calibration=calibration or {},
     )
     name = cfg.tracking.registered_model_name
     trial = {} if reporter is None else {"study": reporter.study_name, "trial": reporter.number}

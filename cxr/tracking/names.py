@@ -190,6 +190,7 @@ def per_disease_table(split: str, what: str = "per_disease") -> str:
 # operating points at a target, subgroups, the report card, promotion gates
 CALIBRATION = ("ece", "brier")  # per finding `test/ece/Hernia`; pooled over findings `test/ece`
 SUBGROUP_GAP = "subgroup_gap"
+ECE_UNCALIBRATED = "ece_uncalibrated"  # `test/ece_uncalibrated`: the pooled ECE before a fitted calibrator
 SUBGROUP_EXCLUDED = "subgroup_excluded"  # images left out of an attribute as data errors (ages above 100)
 VAL_PREDICTIONS_ARTIFACT = "evaluation/val_predictions.csv"  # what promotion's paired bootstrap reads
 REPORT_HTML_ARTIFACT = "report/report.html"
