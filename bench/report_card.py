@@ -81,7 +81,8 @@ def main() -> None:
         for label, change in settings.items():
             cfg = OmegaConf.merge(base, change)
             results[label] = timed(predictions, cfg, True, store)
-            print(f"{label}: evaluate {results[label][0]:.1f} CPU s, log (with plots) {results[label][1]:.1f} CPU s")
+            scored, logged = results[label]
+            print(f"{label}: evaluate {scored:.1f} CPU s, log (with plots) {logged:.1f} CPU s")
     total = {k: sum(v) for k, v in results.items()}
     card = total["evidence and card"] - total["evidence, no card"]
     print(
