@@ -122,8 +122,9 @@ def register(client: MlflowClient, p: Predictions) -> str:
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("gates")
     client = MlflowClient(uri)
+    client.create_experiment("gates", artifact_location=str(tmp_path / "mlruns" / "artifacts"))
+    mlflow.set_experiment("gates")
     base = register(client, validation(0.8))
     collapsed = register(client, validation({**{k: 0.5 for k in range(14)}, COLLAPSED: 50.0}, version_seed=2))
     better = register(client, validation(0.35, version_seed=3))
