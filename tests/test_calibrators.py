@@ -60,8 +60,7 @@ def test_temperature_of_a_calibrated_model_is_one_and_a_finding_without_params_k
     assert json.loads(json.dumps(document)) == document  # data only
 
 
-@pytest.mark.slow
-@pytest.mark.backend
+@pytest.mark.slow  # not `backend`: the calibrator is NumPy after the members, the same on every backend
 def test_the_calibrator_travels_in_the_logged_model_and_applies_in_a_fresh_process(tiny_data, tmp_path):
     from mlflow.tracking import MlflowClient
 
