@@ -26,5 +26,6 @@ setup(
     package_data={
         **{package: ["*.yaml"] for package in CONF},
         "cxr.serving.app": ["templates/*.html", "static/*"],  # cxr.app's page, vendored
+        "cxr.evaluation": ["templates/*.j2"],  # the report card's template
     },
 )

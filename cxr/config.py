@@ -21,8 +21,10 @@ from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.evaluation.member_selection import SELECTIONS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
+from cxr.evaluation.subgroups import ATTRIBUTES as SUBGROUP_ATTRIBUTES
 from cxr.runtime.errors import CxrError
 from cxr.runtime.known_keys import check_known_keys
+from cxr.serving.calibrators import METHODS as CALIBRATION_METHODS
 from cxr.serving.heatmap_methods import HEATMAP_METHODS
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
@@ -71,6 +73,9 @@ class SyntheticGeneratorConfig:
     followup_correlation: float = 0.7  # how much a patient's follow-up images share findings
     # share of test images whose drawn findings (NIH's 8 boxed ones) get boxes in BBox_List_2017.csv
     box_share: float = 0.5
+    ap_noise: float = (
+        1.0  # pixel noise of AP images as a multiple of `noise`: > 1 plants a harder AP subgroup
+    )
 
 
 @dataclass
@@ -216,6 +221,26 @@ class LocalisationConfig:
 
 
 @dataclass
+class OperatingPointsConfig:
+    """Operating points at a target, thresholds chosen on validation (cxr.evaluation.targets)."""
+
+    specificity: list[float] = field(default_factory=lambda: [0.9, 0.95])  # sensitivity at these (spec90 ...)
+    sensitivity: list[float] = field(default_factory=lambda: [0.9, 0.95])  # specificity at these (sens90 ...)
+
+
+@dataclass
+class SubgroupsConfig:
+    """AUC by subgroup with patient-bootstrap intervals, and the largest gap (cxr.evaluation.subgroups)."""
+
+    enabled: bool = True
+    attributes: list[str] = field(default_factory=lambda: ["sex", "age", "view", "follow_up"])
+    age_bands: list[int] = field(default_factory=lambda: [40, 60, 80])  # <40, 40-59, 60-79, 80+
+    max_age: int = 100  # older is a data error in NIH (e.g. 414): left out and counted
+    min_positives: int = 10  # a group with fewer positives (or negatives) of a finding is "too small"
+    flag_gap: float = 0.02  # a gap is flagged when its interval lies above this
+
+
+@dataclass
 class EvaluationConfig:
     # decision threshold of the per-epoch recall, precision, specificity, NPV, F1 and Hamming loss
     threshold: float = 0.5
@@ -225,6 +250,13 @@ class EvaluationConfig:
     plots: bool = True  # ROC, precision-recall, confusion matrices and training history as artifacts
     batch_size: int = 64  # prediction batch size
     localisation: LocalisationConfig = field(default_factory=LocalisationConfig)
+    ece_bins: int = 15  # equal-mass bins of the expected calibration error and the reliability diagrams
+    operating_points: OperatingPointsConfig = field(default_factory=OperatingPointsConfig)
+    subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
+    report: bool = True  # report.html (the report card) and report.json on the run
+    # none, temperature or isotonic: a calibrator per finding fitted on validation, stored in the logged
+    # model and applied wherever it predicts (cxr.predict, serving, cxr.evaluate); training runs only
+    calibration: str = "none"
 
 
 # ---------------------------------------------------------------- trainer
@@ -381,6 +413,23 @@ class EnsembleConfig:
 
 
 @dataclass
+class GatesConfig:
+    """What a candidate must show against the champion on the same validation patients
+    (cxr.evaluation.gates)."""
+
+    enabled: bool = True  # false: compare the ranking metric's tags only, as before the gates
+    margin: float = 0.0  # non-inferiority: the mean-AUC difference's interval must lie above -margin
+    max_finding_drop: float = 0.02  # no finding's AUC may drop by more, beyond noise
+    max_gap_increase: float = 0.02  # no attribute's subgroup gap in mean AUC may widen by more
+    max_ece_increase: float = 0.01  # the pooled calibration error may rise by at most this
+    resamples: int = 1000  # of the paired patient bootstrap
+    confidence: float = 0.95
+    seed: int = 0
+    ece_bins: int = 15
+    subgroups: SubgroupsConfig = field(default_factory=SubgroupsConfig)
+
+
+@dataclass
 class PromoteConfig:
     """`python -m cxr.promote model_name=NAME [version=N]`: move the champion alias, or show candidates."""
 
@@ -391,6 +440,7 @@ class PromoteConfig:
     metric: str = metric_names.RANK  # the validation metric versions are compared by: val/auc_mean
     top: int = 10  # how many candidates the table shows
     tracking: TrackingConfig = MISSING
+    gates: GatesConfig = field(default_factory=GatesConfig)
 
 
 @dataclass
@@ -425,6 +475,16 @@ class AppConfig:
     operating_point: str | None = None  # the thresholds the page starts at; null: the validation ones
     preview_px: int = 1024  # the longest side of the image the page shows
     mlflow_ui: str | None = None  # e.g. http://127.0.0.1:5000: the page links the model's run there
+    tracking: TrackingConfig = MISSING
+
+
+@dataclass
+class ReportConfig:
+    """`python -m cxr.report model=models:/NAME@champion`: the report card of a registered model."""
+
+    # models:/<name>/<version> or models:/<name>@<alias>; on the command line also `model=...`
+    model_uri: str = MISSING
+    output_dir: str = MISSING  # report.html and report.json go here (default: the Hydra run folder)
     tracking: TrackingConfig = MISSING
 
 
@@ -464,6 +524,7 @@ def check_evaluation(cfg: EvaluationConfig) -> None:
     _require(0.0 < b.confidence < 1.0, "evaluation.bootstrap.confidence", b.confidence, "give e.g. 0.95")
     _require(_positive_int(cfg.batch_size), "evaluation.batch_size", cfg.batch_size, "give 1 or more")
     check_localisation(cfg.localisation)
+    check_evidence(cfg)
 
 
 LOCALISATION_SWITCH = ("auto", True, False)
@@ -483,6 +544,38 @@ def check_localisation(cfg: LocalisationConfig) -> None:
         "give one or more shares in (0, 100], e.g. [5,10,20]",
     )
     _require(_positive_int(cfg.batch_size), f"{key}.batch_size", cfg.batch_size, "give 1 or more images")
+
+
+def check_evidence(cfg: EvaluationConfig) -> None:
+    """Calibration bins, operating-point targets and subgroups of the `evaluation` group."""
+    _require(_positive_int(cfg.ece_bins), "evaluation.ece_bins", cfg.ece_bins, "give 1 or more bins")
+    _choice("evaluation.calibration", cfg.calibration, CALIBRATION_METHODS)
+    for measure in ("specificity", "sensitivity"):
+        key = f"evaluation.operating_points.{measure}"
+        values = list(cfg.operating_points[measure])
+        _require(
+            all(0.0 < v < 1.0 for v in values), key, values, "give targets between 0 and 1, e.g. [0.9,0.95]"
+        )
+    g = cfg.subgroups
+    for name in g.attributes:
+        _choice("evaluation.subgroups.attributes", name, list(SUBGROUP_ATTRIBUTES))
+    bands = list(g.age_bands)
+    _require(
+        len(bands) > 0 and bands == sorted(set(bands)) and bands[0] > 0,
+        "evaluation.subgroups.age_bands",
+        bands,
+        "give increasing ages that start bands, e.g. [40,60,80]",
+    )
+    _require(g.min_positives >= 1, "evaluation.subgroups.min_positives", g.min_positives, "give 1 or more")
+
+
+def check_gates(cfg: GatesConfig) -> None:
+    """`cxr.promote`'s gates, before the registry is read."""
+    for key in ("margin", "max_finding_drop", "max_gap_increase", "max_ece_increase"):
+        _require(cfg[key] >= 0, f"gates.{key}", cfg[key], "give 0 or more (an AUC or ECE difference)")
+    _require(cfg.resamples >= 1, "gates.resamples", cfg.resamples, "give 1 or more (1000 for the interval)")
+    _require(0.0 < cfg.confidence < 1.0, "gates.confidence", cfg.confidence, "give e.g. 0.95")
+    _require(_positive_int(cfg.ece_bins), "gates.ece_bins", cfg.ece_bins, "give 1 or more bins")
 
 
 def check_monitor(key: str, name: str) -> None:
@@ -596,6 +689,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     (None, "promote_schema"): PromoteConfig,
     (None, "predict_schema"): PredictConfig,
     (None, "app_schema"): AppConfig,
+    (None, "report_schema"): ReportConfig,
     ("dataset", "schema_synthetic"): SyntheticDatasetConfig,
     ("dataset", "schema_nih"): NihDatasetConfig,
     ("model", "schema_small_cnn"): SmallCnnConfig,

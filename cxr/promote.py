@@ -1,9 +1,12 @@
 """`python -m cxr.promote model_name=NAME version=N`: move the champion alias to a better version.
 
 Promotion is by alias (`models:/NAME@champion`), MLflow 3's replacement for stages. A version takes
-the alias only if its validation mean AUC beats the current champion's (or `force=true`); the
-version records what it replaced and why. Without `version`, the command only shows the champion
-and the top candidates. Single models and ensembles are promoted alike.
+the alias only if it passes the gates against the current champion (with none yet, the best other
+registered version) on the same validation patients: a paired bootstrap of the mean-AUC difference,
+no finding collapsed, no subgroup gap widened, calibration kept (`gates.*`; docs/promotion.md); or
+with `force=true`, which records the gates it overrode. The version records what it replaced and
+why. Without `version`, the command only shows the champion and the top candidates. Single models
+and ensembles are promoted alike.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import hydra
 
-from cxr.config import CONF_DIR, PromoteConfig, register_configs
+from cxr.config import CONF_DIR, PromoteConfig, check_gates, register_configs
 from cxr.runtime.console import announce
 from cxr.runtime.errors import exit_on_user_error, run_command
+from cxr.runtime.known_keys import check_known_keys
 from cxr.tracking import names as metric_names
 from cxr.tracking import versions as model_registry
 
@@ -45,12 +49,26 @@ def run(cfg: PromoteConfig) -> None:
 
     from cxr.tracking import promotion  # MLflow too
 
+    check_known_keys(cfg)  # a key a '+' added beside the schema's is refused, not ignored
     metric_names.check_validation(cfg.metric, "metric", "compare versions on validation, never on test")
+    check_gates(cfg.gates)
     client = MlflowClient(cfg.tracking.uri)
     if cfg.version is None:
         show(client, cfg)
         return
-    print(promotion.promote(client, cfg.model_name, str(cfg.version), cfg.alias, cfg.metric, cfg.force))
+    gates = None
+    if cfg.gates.enabled:
+        from cxr.evaluation.gated_promotion import gate_version  # heavy: the numbers, after the config
+
+        gates, against = gate_version(
+            client, cfg.model_name, str(cfg.version), cfg.alias, cfg.metric, cfg.gates
+        )
+        print(f"{cfg.model_name} version {cfg.version} against {against}:")
+        for gate in gates:
+            print(f"  {gate.name}: {gate.line}")
+    print(
+        promotion.promote(client, cfg.model_name, str(cfg.version), cfg.alias, cfg.metric, cfg.force, gates)
+    )
     serve = f"mlflow models serve -m models:/{cfg.model_name}@{cfg.alias} --env-manager local"
     print(f"Serve it: MLFLOW_TRACKING_URI={cfg.tracking.uri} {serve}", flush=True)
 

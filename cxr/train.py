@@ -76,7 +76,8 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     import mlflow
 
     from cxr.evaluation.box_localisation import images_of, localise_and_log
-    from cxr.evaluation.report import evaluate_predictions, log_evaluation
+    from cxr.evaluation.calibrators import calibrated
+    from cxr.evaluation.report import evaluate_predictions, log_evaluation, write_card
     from cxr.serving.inference import predict_splits
     from cxr.serving.registration import log_trained_model
     from cxr.sweep.reporter import open_reporter
@@ -105,7 +106,11 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
         with tracking.timed("predict"):
             predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size)
         with tracking.timed("evaluate"):
+            predictions, calibration, before = calibrated(
+                predictions, data.pathologies, cfg.evaluation.calibration, cfg.evaluation.ece_bins
+            )
             evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
+            evaluation.metrics.update(before)  # the pooled ECE before calibration, beside the one after
         with tracking.timed("log_evaluation"):
             log_evaluation(
                 evaluation, cfg.evaluation.plots, pd.DataFrame(history.history).assign(epoch=history.epoch)
@@ -118,7 +123,10 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
         objective = _objective(evaluation, cfg.optimized_metric)
         if cfg.tracking.log_model and (reporter is None or reporter.keeps_model(objective)):
             with tracking.timed("log_model"):
-                log_trained_model(cfg, model, data, evaluation, run_id, reporter)
+                info = log_trained_model(cfg, model, data, evaluation, run_id, reporter, calibration)
+            if info.registered_model_version:  # the report card names the version it describes
+                version = f"models:/{cfg.tracking.registered_model_name}/{info.registered_model_version}"
+                write_card(evaluation, {"version": version})
         elif cfg.tracking.log_model:
             mlflow.set_tag(
                 mn.MODEL_SKIPPED_TAG, f"ranked below the study's best {reporter.keep_models} trials"

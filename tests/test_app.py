@@ -216,13 +216,13 @@ def test_a_runs_report_card_is_found_and_served(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from cxr.serving.app.identity import report_card
-    from cxr.tracking.names import REPORT_CARD_ARTIFACT
+    from cxr.tracking.names import REPORT_HTML_ARTIFACT
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("cards", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
     assert report_card(client, run_id) is None and report_card(client, None) is None
-    client.log_text(run_id, "<html>card</html>", REPORT_CARD_ARTIFACT)
+    client.log_text(run_id, "<html>card</html>", REPORT_HTML_ARTIFACT)
     assert report_card(client, run_id) == b"<html>card</html>"
 
 

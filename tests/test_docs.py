@@ -36,6 +36,7 @@ CONFIG_NAMES = {
     "promote": "promote",
     "predict": "predict",
     "app": "app",
+    "report": "report",
 }
 CHECKS = {
     "train": check_training,
@@ -115,7 +116,7 @@ def test_a_documented_command_line_composes_and_passes_the_value_checks(page, li
     arguments = [PLACEHOLDERS.get(w, w) for w in words[start + 3 :]]
     if "--config-dir" in arguments:
         pytest.skip("a config folder of the reader's own (docs/extending.md)")
-    if command in ("predict", "app"):
+    if command in ("predict", "app", "report"):
         arguments = model_alias(arguments)
     register_configs()
     GlobalHydra.instance().clear()

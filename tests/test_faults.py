@@ -26,7 +26,15 @@ from cxr.tracking import runs as tracking
 from tests.conftest import REPO, TINY, run_cli, store_overrides
 from tests.test_sweep import FAST, load, sweep_args
 
-COMMANDS = ["cxr.train", "cxr.evaluate", "cxr.ensemble", "cxr.promote", "cxr.prepare", "cxr.predict"]
+COMMANDS = [
+    "cxr.train",
+    "cxr.evaluate",
+    "cxr.ensemble",
+    "cxr.promote",
+    "cxr.prepare",
+    "cxr.predict",
+    "cxr.report",
+]
 
 
 def wait_for(probe, timeout: float = 180.0, every: float = 0.2):

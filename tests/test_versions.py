@@ -220,22 +220,25 @@ def test_members_on_another_split_are_refused_by_name(registry):
     assert line.startswith("cxr: error: versions 6 of") and "another patient split" in line
 
 
+TAGS_ONLY = "gates.enabled=false"  # the tag rule; the gates on evidence: tests/test_gates.py
+
+
 def test_promotion_refuses_a_worse_version_moves_for_a_better_and_force_overrides(registry, ensemble):
     cfg, client = registry
     ranked = {c.version: c.score for c in model_registry.ranked_versions(client, NAME)}
     best, worse = max(ranked, key=ranked.get), "4"
-    first = cli(cfg, "cxr.promote", f"model_name={NAME}", "version=2")
+    first = cli(cfg, "cxr.promote", f"model_name={NAME}", "version=2", TAGS_ONLY)
     assert first.returncode == 0, first.stderr[-2000:]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
-    refused = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={worse}")
+    refused = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={worse}", TAGS_ONLY)
     assert refused.returncode == 2 and "does not beat" in refused.stderr and "force=true" in refused.stderr
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
-    better = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={best}")
+    better = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={best}", TAGS_ONLY)
     assert better.returncode == 0, better.stderr[-2000:]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == best
     record = client.get_model_version(NAME, best).tags
     assert record["cxr.champion.replaced"] == "2" and record["cxr.champion.reason"].startswith(mn.RANK)
-    forced = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={worse}", "force=true")
+    forced = cli(cfg, "cxr.promote", f"model_name={NAME}", f"version={worse}", "force=true", TAGS_ONLY)
     assert (
         forced.returncode == 0 and str(client.get_model_version_by_alias(NAME, "champion").version) == worse
     )

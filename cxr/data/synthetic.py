@@ -70,7 +70,15 @@ def _settings(cfg: SyntheticGeneratorConfig) -> dict:
 
 
 def fingerprint(cfg: SyntheticGeneratorConfig) -> str:
-    return hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    settings = _settings(cfg)
+    if settings.get("ap_noise", 1.0) == 1.0:  # no planted view effect: the fingerprint sets had before it
+        settings.pop("ap_noise", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def view_noise(cfg: SyntheticGeneratorConfig, view: str) -> float:
+    """The planted subgroup effect: AP images carry `ap_noise` times the noise (harder to read)."""
+    return float(getattr(cfg, "ap_noise", 1.0)) if view == "AP" else 1.0
 
 
 def prevalences(min_prevalence: float) -> np.ndarray:
@@ -330,7 +338,8 @@ def write_dataset(cfg: SyntheticGeneratorConfig, folder: Path) -> None:
         )
     ):
         places.append([])
-        pixels = render(row, cfg.resolution, cfg.strength, cfg.noise, [cfg.seed, 2, i], places[-1])
+        noise = cfg.noise * view_noise(cfg, meta["View Position"].iat[i])
+        pixels = render(row, cfg.resolution, cfg.strength, noise, [cfg.seed, 2, i], places[-1])
         Image.fromarray(pixels, mode="L").save(images / name)
     meta.to_csv(folder / "Data_Entry_2017.csv", index=False)
     train_val, test = _official_lists(meta, cfg.test_fraction, cfg.seed)

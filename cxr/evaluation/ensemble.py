@@ -27,7 +27,7 @@ from cxr.data.prepared import relocated
 from cxr.data.splits import write_split_csv
 from cxr.evaluation.box_localisation import images_of, localise_and_log
 from cxr.evaluation.member_selection import SELECTIONS, WEIGHTINGS, pool_size, verdict
-from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line
+from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line, write_card
 from cxr.evaluation.scoring import mean_auc
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
@@ -191,6 +191,9 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             logged_cfg.tracking,
             name,
             extra_tags={MEMBERS_VERSION_TAG: members},
+        )
+        write_card(
+            evaluation, {"version": f"models:/{name}/{info.registered_model_version}", "members": members}
         )
 
     metrics = evaluation.metrics

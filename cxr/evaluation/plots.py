@@ -104,3 +104,41 @@ def history_figure(history: pd.DataFrame) -> plt.Figure:
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def reliability_figure(
+    y: np.ndarray, s: np.ndarray, pathologies: Sequence[str], bins: int, title: str
+) -> plt.Figure:
+    """A reliability diagram per finding (equal-mass bins: observed rate against mean score) and pooled."""
+    from cxr.evaluation.calibration import reliability  # here: plots stays importable on its own
+
+    panels = [(name, y[:, k], s[:, k]) for k, name in enumerate(pathologies)] + [
+        ("pooled", y.ravel(), s.ravel())
+    ]
+    rows = int(np.ceil(len(panels) / 5))
+    fig, axes = plt.subplots(rows, 5, figsize=(15, 3.2 * rows), squeeze=False)
+    for ax, (name, yk, sk) in zip(axes.flat, panels, strict=False):
+        r = reliability(yk, sk, bins)
+        top = max(0.05, float(np.nanmax(np.r_[r.confidence, r.observed, 0.0])) * 1.05)
+        ax.plot([0, top], [0, top], ls=":", color="gray", lw=1)
+        ax.plot(r.confidence, r.observed, marker="o", ms=3, lw=1)
+        ax.set_title(f"{name} (ECE {r.ece:.3f})", fontsize=9)
+        ax.set(xlim=(0, top), ylim=(0, top))
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.supxlabel("Mean predicted probability (bin)")
+    fig.supylabel("Observed rate")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def png_bytes(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes (closed after)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

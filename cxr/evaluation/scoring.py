@@ -261,3 +261,43 @@ def operating_points(
     out["npv"] = ratio(c.tn, c.tn + c.fn)
     out.loc[np.isnan(thresholds), ["sensitivity", "specificity", "ppv", "npv"]] = np.nan
     return pd.concat([out, c.astype(int)], axis=1)
+
+
+def confidence_interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over the first axis (bootstrap resamples), NaNs ignored."""
+    return _interval(samples, confidence)
+
+
+# ------------------------------------------------------------------ operating points at a target
+def threshold_at(y: np.ndarray, s: np.ndarray, measure: str, target: float) -> float:
+    """The threshold (score >= threshold is positive) that holds `measure` at `target` or above on (y, s)
+    and gives the other measure its best value: for `specificity`, the lowest threshold that leaves at least
+    `target` of the negatives below it; for `sensitivity`, the highest that keeps `target` of the positives
+    at or above it. NaN when (y, s) lacks the class the measure counts."""
+    y, s = np.asarray(y) > 0.5, np.asarray(s, np.float64)
+    counted = np.sort(s[~y]) if measure == "specificity" else np.sort(s[y])[::-1]
+    if not len(counted):
+        return float("nan")
+    k = max(1, int(np.ceil(target * len(counted) - 1e-9)))
+    if measure == "specificity":
+        return float(np.nextafter(counted[k - 1], np.inf))  # k negatives sit below it
+    return float(counted[k - 1])  # k positives sit at or above it
+
+
+def weighted_rates(
+    y: np.ndarray, s: np.ndarray, thresholds: np.ndarray, weights: np.ndarray, owner: np.ndarray
+) -> dict[str, np.ndarray]:
+    """{'sensitivity', 'specificity'}: (R, labels) at fixed thresholds under the R columns of `weights`
+    (patient weights; image i takes row owner[i]); NaN where a weighting leaves a class empty."""
+    truth = np.asarray(y) > 0.5
+    called = np.asarray(s, np.float64) >= thresholds[None, :]
+    parts: dict[str, list[np.ndarray]] = {"sensitivity": [], "specificity": []}
+    for chunk in _column_chunks(weights.shape[1], len(y)):
+        w = weights[owner][:, chunk].T.astype(np.float64)  # (R, N)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts["sensitivity"].append((w @ (truth & called)) / (w @ truth))
+            parts["specificity"].append((w @ (~truth & ~called)) / (w @ ~truth))
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["sensitivity"][:, np.isnan(thresholds)] = np.nan
+    out["specificity"][:, np.isnan(thresholds)] = np.nan
+    return out

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 
 from cxr.data.pipeline import CacheBatches
@@ -24,8 +25,6 @@ from cxr.serving.forward import forward
 from cxr.serving.image_files import read_regular_file
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from cxr.config import DatasetConfig  # a type only: config sits above serving
     from cxr.serving.pyfunc import CxrModel
 
@@ -37,6 +36,8 @@ class Predictions:
     labels: np.ndarray  # (N, pathologies) 0/1
     scores: np.ndarray  # (N, pathologies) probabilities
     patients: np.ndarray  # (N,)
+    # (N rows) image_id and what subgroups are cut by (sex, age, view, follow_up) where the dataset has them
+    metadata: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,17 @@ def predict_splits(
             scores.append(compiled(batches[index][0]))
             interrupt.raise_pending()
         scores = np.concatenate(scores) if scores else np.empty((0, model.outputs[0].shape[-1]), np.float32)
-        out[split] = Predictions(data.labels[rows], scores, data.patients[rows])
+        out[split] = Predictions(data.labels[rows], scores, data.patients[rows], split_metadata(data, rows))
     return out
+
+
+METADATA_COLUMNS = ("image_id", "sex", "age", "view", "follow_up")
+
+
+def split_metadata(data: PreparedData, rows: np.ndarray) -> pd.DataFrame:
+    """The rows' image ids and subgroup columns (those the dataset has), in the rows' order."""
+    columns = [c for c in METADATA_COLUMNS if c in data.table.columns]
+    return data.table.iloc[rows][columns].reset_index(drop=True)
 
 
 def predict_members(
@@ -104,6 +114,7 @@ def combined(
             data.labels[data.rows[s]],
             model.combine([m[s] for m in member_scores]),
             data.patients[data.rows[s]],
+            split_metadata(data, data.rows[s]),
         )
         for s in member_scores[0]
     }

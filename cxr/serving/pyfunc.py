@@ -43,6 +43,7 @@ import cxr.training.metrics  # noqa: F401
 from cxr.data.images import resize
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS, check_pixels, decode_grey, image_header
 from cxr.runtime.errors import CxrError
+from cxr.serving.calibrators import apply_calibration
 from cxr.serving.forward import forward
 from cxr.serving.limits import Deadline, RequestLimits, decode_slots, served_limits
 from cxr.serving.trust import check_code_file, import_trusted
@@ -77,6 +78,8 @@ class ModelSpec:
     kind: str = "single"  # single | ensemble
     members: list[dict] = field(default_factory=list)  # provenance: version, run id, val AUC ...
     imports: list[str] = field(default_factory=list)  # user modules that register custom layers
+    # a post-hoc calibrator per finding, fitted on validation (cxr.serving.calibrators); empty: none
+    calibration: dict = field(default_factory=dict)
 
 
 class CxrModel(mlflow.pyfunc.PythonModel):
@@ -109,7 +112,8 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     def combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from each member's (N, pathologies) probabilities."""
-        return np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
+        mean = np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
+        return apply_calibration(mean, self.spec.calibration, self.spec.pathologies)
 
     def resized(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
         """A grey image at every member's input size (once per size, however many members share it)."""

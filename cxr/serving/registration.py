@@ -17,6 +17,7 @@ from cxr.data.splits import split_digest
 from cxr.runtime.console import log
 from cxr.serving import pyfunc
 from cxr.tracking import versions
+from cxr.tracking.names import REPORT_HTML_ARTIFACT, REPORT_TAG
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -51,6 +52,7 @@ def log_and_register(
             trial=trial,
             run_name=run.run_name,
         )
+        tags[REPORT_TAG] = f"runs:/{run.run_id}/{REPORT_HTML_ARTIFACT}"  # its report card
         tags.update(extra_tags or {})
         versions.tag_version(MlflowClient(tracking.uri), name, str(info.registered_model_version), tags)
     return info
@@ -63,9 +65,10 @@ def log_trained_model(
     evaluation: Evaluation,
     run_id: str,
     reporter: Any = None,
-) -> None:
+    calibration: dict | None = None,
+) -> ModelInfo:
     """One trained member into the active run (`run_id`); `reporter` (a sweep trial's) adds the study and
-    trial to the version's tags."""
+    trial to the version's tags; `calibration`, a calibrator fitted on validation, travels in its spec."""
     spec = pyfunc.ModelSpec(
         pathologies=list(data.pathologies),
         thresholds=evaluation.thresholds["thresholds"],
@@ -75,6 +78,7 @@ def log_trained_model(
         imports=sorted(
             {node._target_.rsplit(".", 1)[0] for node in (cfg.model, cfg.loss) if "_target_" in node}
         ),
+        calibration=calibration or {},
     )
     name = cfg.tracking.registered_model_name
     trial = {} if reporter is None else {"study": reporter.study_name, "trial": reporter.number}
@@ -83,3 +87,4 @@ def log_trained_model(
         f"model: runs:/{run_id}/{info.name}"
         + (f", models:/{name}/{info.registered_model_version}" if name else "")
     )
+    return info

@@ -187,8 +187,6 @@ def per_disease_table(split: str, what: str = "per_disease") -> str:
     return f"evaluation/{split}_{what}.csv"
 
 
-REPORT_CARD_ARTIFACT = "report.html"  # a run's report card (issue 21), linked from cxr.app's page
-
 # ---------------------------------------------------------------- localisation against expert boxes
 LOCALISATION = "localisation"  # a test-split measure: reported, never optimised or ranked by
 LOCALISATION_METHOD_TAG = "cxr.localisation.method"  # the heatmap method the run's scores used
@@ -214,3 +212,45 @@ def check_not_localisation(name: str, key: str) -> None:
             "it is reported next to the AUCs, not optimised or ranked by; choose a validation metric "
             f"({RANK}, val/auprc_mean, ...) and compare localisation in the runs' metrics"
         )
+
+
+# ---------------------------------------------------------------- the evidence (issue 21): calibration,
+# operating points at a target, subgroups, the report card, promotion gates
+CALIBRATION = ("ece", "brier")  # per finding `test/ece/Hernia`; pooled over findings `test/ece`
+SUBGROUP_GAP = "subgroup_gap"
+ECE_UNCALIBRATED = "ece_uncalibrated"  # `test/ece_uncalibrated`: the pooled ECE before a fitted calibrator
+SUBGROUP_EXCLUDED = "subgroup_excluded"  # images left out of an attribute as data errors (ages above 100)
+VAL_PREDICTIONS_ARTIFACT = "evaluation/val_predictions.csv"  # what promotion's paired bootstrap reads
+REPORT_HTML_ARTIFACT = "report/report.html"
+REPORT_JSON_ARTIFACT = "report/report.json"
+REPORT_TAG = "cxr.report"  # on a registered version: where its report card is
+GATE_TAG_PREFIX = "cxr.gate."  # on a candidate version: one pass/fail line per promotion gate
+
+
+def target_metric(split: str, point: str, measure: str, disease: str) -> str:
+    """`test/spec90/sensitivity/Hernia`: a measure achieved at an operating point chosen on validation."""
+    return f"{split}{SEP}{point}{SEP}{measure}{SEP}{disease}"
+
+
+def target_threshold(point: str, disease: str) -> str:
+    """`threshold/spec90/Hernia`: the validation threshold of an operating point."""
+    return f"threshold{SEP}{point}{SEP}{disease}"
+
+
+def subgroup_gap(split: str, attribute: str, disease: str) -> str:
+    """`test/subgroup_gap/view/Hernia` (`.../mean` for the mean AUC): the largest AUC gap between groups."""
+    return f"{split}{SEP}{SUBGROUP_GAP}{SEP}{attribute}{SEP}{disease}"
+
+
+def subgroup_excluded(split: str, attribute: str) -> str:
+    return f"{split}{SEP}{SUBGROUP_EXCLUDED}{SEP}{attribute}"
+
+
+def evidence_table(split: str, what: str) -> str:
+    """`evaluation/test_operating_points.csv`, `evaluation/test_subgroups.csv`, `..._subgroup_gaps.csv`."""
+    return f"evaluation/{split}_{what}.csv"
+
+
+def overridden_gates_tag(alias: str) -> str:
+    """`cxr.champion.overridden_gates`: the gates a forced promotion went past."""
+    return f"cxr.{alias}.overridden_gates"

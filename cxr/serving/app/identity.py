@@ -7,6 +7,7 @@ validation thresholds. What is missing is null in `/api/model` and left out of t
 
 from __future__ import annotations
 
+import posixpath
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -102,11 +103,12 @@ def describe(model, uri: str, client=None, mlflow_ui: str | None = None) -> Iden
 
 
 def report_card(client, run_id: str | None) -> bytes | None:
-    """The run's report card (`report.html`), or None where the run has none."""
+    """The run's report card (`report/report.html`), or None where the run has none."""
     if not run_id:
         return None
-    if names.REPORT_CARD_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+    folder = posixpath.dirname(names.REPORT_HTML_ARTIFACT)
+    if names.REPORT_HTML_ARTIFACT not in {a.path for a in client.list_artifacts(run_id, folder or None)}:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, names.REPORT_CARD_ARTIFACT, tmp)
+        path = client.download_artifacts(run_id, names.REPORT_HTML_ARTIFACT, tmp)
         return Path(path).read_bytes()
