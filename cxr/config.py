@@ -23,7 +23,7 @@ from cxr.runtime.errors import CxrError
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
 from cxr.training.backend import check_trainer
-from cxr.training.optimizers import OPTIMIZERS
+from cxr.training.optimizers import OPTIMIZERS, SCHEDULES
 
 
 # ---------------------------------------------------------------- dataset
@@ -35,6 +35,7 @@ class AugmentConfig:
     shift_fraction: float = 0.0  # random shift up to this share of the side, both axes
     brightness: float = 0.0  # random brightness change up to this share of the grey range
     contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]
+    zoom_fraction: float = 0.0  # random zoom in or out by up to this share of the side
     horizontal_flip: bool = False  # off by default: anatomy is not left-right symmetric
 
 
@@ -214,6 +215,8 @@ class OptimizerConfig:
     name: str = "adamw"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    schedule: str = "constant"  # constant, or cosine: decay to 0 at the last epoch (after any warm-up)
+    warmup_epochs: int = 0  # cosine: linear warm-up from a tenth of learning_rate over these epochs
 
 
 @dataclass
@@ -480,6 +483,19 @@ def check_training(cfg: Config) -> None:
         "give a positive step size (0 does not train; a negative one climbs the loss)",
     )
     _require(o.weight_decay >= 0.0, "trainer.optimizer.weight_decay", o.weight_decay, "give 0 or more")
+    _choice("trainer.optimizer.schedule", o.schedule, list(SCHEDULES))
+    _require(
+        0 <= o.warmup_epochs < t.epochs,
+        "trainer.optimizer.warmup_epochs",
+        o.warmup_epochs,
+        f"give 0 or more epochs, fewer than trainer.epochs ({t.epochs})",
+    )
+    _require(
+        o.schedule == "constant" or not cfg.callbacks.reduce_lr.enabled,
+        "callbacks.reduce_lr.enabled",
+        True,
+        f"trainer.optimizer.schedule={o.schedule} sets the rate at every step; turn reduce_lr off",
+    )
     check_trainer(t)
     minimum = min_image_size(cfg.model)
     _require(
