@@ -36,14 +36,17 @@ ABLATIONS: dict[str, list[str]] = {
     "no augmentation": [
         "dataset.augment.rotation_degrees=0",
         "dataset.augment.shift_fraction=0",
-        "dataset.augment.zoom_fraction=0",
         "dataset.augment.brightness=0",
         "dataset.augment.contrast=0",
     ],
-    "small_cnn's default width": ["model.filters=[16,32,64]", "model.dense_units=64", "model.dropout=0.2"],
+    "small_cnn's default 3 blocks": ["model.filters=[16,32,64]", "model.dense_units=64", "model.dropout=0.2"],
     "constant learning rate": ["trainer.optimizer.schedule=constant", "trainer.optimizer.warmup_epochs=0"],
-    "weight decay 1e-4": ["trainer.optimizer.weight_decay=1e-4"],
-    "no early stopping": ["callbacks.early_stopping.enabled=false"],
+    "10 epochs": ["trainer.epochs=10"],
+    "validation share 0.1": ["dataset.val_fraction=0.1"],
+    "early stopping on val_auc": [
+        "callbacks.early_stopping.enabled=true",
+        "callbacks.early_stopping.patience=10",
+    ],
 }
 
 
