@@ -43,10 +43,12 @@ class AugmentConfig:
 class DatasetConfig:
     name: str = MISSING
     image_size: int = 64  # side of the square images the model sees (the prepared cache's size)
-    split: str = "official"  # official (NIH test list) or random (patient-level, stratified)
+    split: str = "official"  # official (NIH test list), kfold (official test, k validation folds) or random
     val_fraction: float = 0.1  # official split: share of train_val images held out for validation
     split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # random: train/val/test
     split_seed: int = 0
+    folds: int = 5  # kfold: train_val's patients in this many stratified folds
+    fold: int = 0  # kfold: the fold that validates (the others train)
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
     allow_missing_images: bool = False  # true: train on the images present, after listing the missing ones
     # a finding with fewer positive images than this in train, val or test is named in a warning (console
@@ -455,6 +457,8 @@ def check_dataset(d: DatasetConfig) -> None:
         fractions,
         "give three positive shares (train, val, test) that sum to 1",
     )
+    _require(isinstance(d.folds, int) and d.folds >= 2, "dataset.folds", d.folds, "give 2 or more folds")
+    _require(0 <= d.fold < d.folds, "dataset.fold", d.fold, f"give 0 to dataset.folds - 1 ({d.folds - 1})")
     _require(d.min_positives >= 0, "dataset.min_positives", d.min_positives, "give 0 (no warning) or more")
     generator = d.get("generator")
     if generator is not None:
