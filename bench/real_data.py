@@ -256,7 +256,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="dataset.image_size")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="trainer.epochs for every variant")
-    parser.add_argument("--ablation", action="store_true", help="also the recipe minus each ingredient")
+    parser.add_argument(
+        "--ablation",
+        nargs="*",
+        choices=list(ABLATIONS),
+        default=None,
+        help="also the recipe with these ingredients set back, one at a time (all when none is named)",
+    )
     parser.add_argument("--no-defaults", action="store_true", help="leave out the run with cxr's defaults")
     parser.add_argument("--resamples", type=int, default=1000, help="patient-bootstrap resamples")
     parser.add_argument("--work", default=None, help="keep the release, cache and store here")
@@ -280,8 +286,9 @@ def main() -> None:
 
     variants: dict[str, list[str]] = {} if args.no_defaults else {"cxr defaults": []}
     variants["experiment=nih_cpu"] = ["experiment=nih_cpu"]
-    if args.ablation:
-        variants.update({f"nih_cpu, {k}": ["experiment=nih_cpu", *v] for k, v in ABLATIONS.items()})
+    if args.ablation is not None:
+        chosen = args.ablation or list(ABLATIONS)
+        variants.update({f"nih_cpu, {k}": ["experiment=nih_cpu", *ABLATIONS[k]] for k in chosen})
     tracking = [
         f"tracking.uri={uri}",
         f"tracking.artifact_root={work}/mlruns/artifacts",
