@@ -29,7 +29,7 @@ from cxr.serving.heatmap_methods import HEATMAP_METHODS
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import check_spelling, epoch_log_names, from_keras
 from cxr.training.backend import check_trainer
-from cxr.training.optimizers import OPTIMIZERS
+from cxr.training.optimizers import OPTIMIZERS, SCHEDULES
 
 
 # ---------------------------------------------------------------- dataset
@@ -41,6 +41,7 @@ class AugmentConfig:
     shift_fraction: float = 0.0  # random shift up to this share of the side, both axes
     brightness: float = 0.0  # random brightness change up to this share of the grey range
     contrast: float = 0.0  # random contrast factor in [1 - c, 1 + c]
+    zoom_fraction: float = 0.0  # random zoom in or out by up to this share of the side
     horizontal_flip: bool = False  # off by default: anatomy is not left-right symmetric
 
 
@@ -48,10 +49,12 @@ class AugmentConfig:
 class DatasetConfig:
     name: str = MISSING
     image_size: int = 64  # side of the square images the model sees (the prepared cache's size)
-    split: str = "official"  # official (NIH test list) or random (patient-level, stratified)
+    split: str = "official"  # official (NIH test list), kfold (official test, k validation folds) or random
     val_fraction: float = 0.1  # official split: share of train_val images held out for validation
     split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])  # random: train/val/test
     split_seed: int = 0
+    folds: int = 5  # kfold: train_val's patients in this many stratified folds
+    fold: int = 0  # kfold: the fold that validates (the others train)
     cache_dir: str = "data/prepared"  # resized uint8 copies of the images, one folder per dataset+size
     allow_missing_images: bool = False  # true: train on the images present, after listing the missing ones
     # a finding with fewer positive images than this in train, val or test is named in a warning (console
@@ -265,6 +268,8 @@ class OptimizerConfig:
     name: str = "adamw"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    schedule: str = "constant"  # constant, or cosine: decay to 0 at the last epoch (after any warm-up)
+    warmup_epochs: int = 0  # cosine: linear warm-up from a tenth of learning_rate over these epochs
 
 
 @dataclass
@@ -612,6 +617,8 @@ def check_dataset(d: DatasetConfig) -> None:
         fractions,
         "give three positive shares (train, val, test) that sum to 1",
     )
+    _require(isinstance(d.folds, int) and d.folds >= 2, "dataset.folds", d.folds, "give 2 or more folds")
+    _require(0 <= d.fold < d.folds, "dataset.fold", d.fold, f"give 0 to dataset.folds - 1 ({d.folds - 1})")
     _require(d.min_positives >= 0, "dataset.min_positives", d.min_positives, "give 0 (no warning) or more")
     generator = d.get("generator")
     if generator is not None:
@@ -669,6 +676,19 @@ def check_training(cfg: Config) -> None:
         "give a positive step size (0 does not train; a negative one climbs the loss)",
     )
     _require(o.weight_decay >= 0.0, "trainer.optimizer.weight_decay", o.weight_decay, "give 0 or more")
+    _choice("trainer.optimizer.schedule", o.schedule, list(SCHEDULES))
+    _require(
+        0 <= o.warmup_epochs < t.epochs,
+        "trainer.optimizer.warmup_epochs",
+        o.warmup_epochs,
+        f"give 0 or more epochs, fewer than trainer.epochs ({t.epochs})",
+    )
+    _require(
+        o.schedule == "constant" or not cfg.callbacks.reduce_lr.enabled,
+        "callbacks.reduce_lr.enabled",
+        True,
+        f"trainer.optimizer.schedule={o.schedule} sets the rate at every step; turn reduce_lr off",
+    )
     check_trainer(t)
     minimum = min_image_size(cfg.model)
     _require(

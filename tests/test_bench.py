@@ -63,7 +63,10 @@ def test_benchmark_configs_are_the_schema_defaults():
         assert bench.MODELS[name] == OmegaConf.to_container(OmegaConf.structured(schema)), name
     assert OmegaConf.to_container(OmegaConf.structured(DynamicBceConfig())) == bench.LOSS
     optimizer = OmegaConf.to_container(OmegaConf.structured(OptimizerConfig()))
-    assert optimizer.pop("name") == "adamw" and optimizer == bench.OPTIMIZER
+    assert optimizer.pop("name") == "adamw" and optimizer == bench.OPTIMIZER | {
+        "schedule": "constant",
+        "warmup_epochs": 0,
+    }
 
 
 @pytest.mark.slow

@@ -221,7 +221,7 @@ BAD_VALUES = [
     ("trainer.optimizer.name=nosuch", "trainer.optimizer.name='nosuch': choose one of adam, adamw, sgd"),
     ("trainer.precision=float8", "trainer.precision='float8': choose one of float32"),
     ("dataset.image_size=0", "dataset.image_size=0: model small_cnn needs at least 8 pixels a side"),
-    ("dataset.split=stratified", "dataset.split='stratified': choose one of official, random"),
+    ("dataset.split=stratified", "dataset.split='stratified': choose one of kfold, official, random"),
     ("dataset.min_positives=-1", "dataset.min_positives=-1"),
     ("evaluation.threshold_method=foo", "evaluation.threshold_method='foo': choose one of f1, youden"),
     ("evaluation.bootstrap.confidence=95", "evaluation.bootstrap.confidence=95.0: give e.g. 0.95"),

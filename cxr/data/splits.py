@@ -132,19 +132,45 @@ def official_split(
     cfg: DatasetConfig,
 ) -> pd.Series:
     """The NIH test list is the test set; validation patients are carved out of train_val, stratified."""
-    _check_known(train_val, meta["image_id"], "train_val_list.txt")
-    _check_known(test, meta["image_id"], "test_list.txt")
+    split, in_train_val = _test_from_list(meta, train_val, test)
     if not 0.0 < cfg.val_fraction < 1.0:
         raise CxrError(f"dataset.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
-    _check_patients_in_one_list(meta, train_val, test)
-    _warn_unlisted(meta, train_val, test)
-    split = pd.Series(pd.NA, index=meta.index, dtype="object")
-    split[meta["image_id"].isin(test)] = "test"
-    in_train_val = meta["image_id"].isin(train_val) & split.isna()
     if in_train_val.any():
         fractions = [1 - cfg.val_fraction, cfg.val_fraction]
         part = stratify_patients(meta[in_train_val], pathologies, fractions, cfg.split_seed)
         split[in_train_val] = np.array(["train", "val"])[part]
+    return split
+
+
+def _test_from_list(meta: pd.DataFrame, train_val: list[str], test: list[str]) -> tuple[pd.Series, pd.Series]:
+    """(the split column with test_list.txt's images as test and the rest unset, the train_val mask)."""
+    _check_known(train_val, meta["image_id"], "train_val_list.txt")
+    _check_known(test, meta["image_id"], "test_list.txt")
+    _check_patients_in_one_list(meta, train_val, test)
+    _warn_unlisted(meta, train_val, test)
+    split = pd.Series(pd.NA, index=meta.index, dtype="object")
+    split[meta["image_id"].isin(test)] = "test"
+    return split, meta["image_id"].isin(train_val) & split.isna()
+
+
+@SPLIT_METHODS.register("kfold")
+def kfold_split(
+    meta: pd.DataFrame,
+    pathologies: Sequence[str],
+    train_val: list[str],
+    test: list[str],
+    cfg: DatasetConfig,
+) -> pd.Series:
+    """The NIH test list stays the test set; train_val's patients fall into `dataset.folds` stratified
+    folds, fold `dataset.fold` validates and the others train. A validation set of a few dozen images
+    picks models by noise; `-m dataset.fold=0,1,2,3,4` validates each of five models on its own fold,
+    so every train_val image is validated on once."""
+    if not 0 <= cfg.fold < cfg.folds:
+        raise CxrError(f"dataset.fold={cfg.fold}: give 0 to dataset.folds - 1 ({cfg.folds - 1})")
+    split, in_train_val = _test_from_list(meta, train_val, test)
+    if in_train_val.any():
+        part = stratify_patients(meta[in_train_val], pathologies, [1 / cfg.folds] * cfg.folds, cfg.split_seed)
+        split[in_train_val] = np.where(part == cfg.fold, "val", "train")
     return split
 
 

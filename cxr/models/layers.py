@@ -72,6 +72,8 @@ def augmentation(cfg: AugmentConfig) -> keras.Sequential | None:
         steps.append(keras.layers.RandomRotation(cfg.rotation_degrees / 360.0, **edges))
     if cfg.shift_fraction:
         steps.append(keras.layers.RandomTranslation(cfg.shift_fraction, cfg.shift_fraction, **edges))
+    if cfg.zoom_fraction:
+        steps.append(keras.layers.RandomZoom(cfg.zoom_fraction, **edges))
     if cfg.brightness:
         steps.append(keras.layers.RandomBrightness(cfg.brightness, **grey))
     if cfg.contrast:

@@ -59,8 +59,18 @@ def _fit(cfg: Config, data: PreparedData, reporter: Any, replicas: int):
         model = build_model(cfg.model, data.image_size, n_classes, augment=cfg.dataset.augment)
     loss = build_loss(cfg.loss, data.labels[data.rows["train"]])  # weights from training labels only
     backend.check_loss(loss)
+    batch_size, multiple_of = t.batch_size * replicas, backend.batch_multiple(replicas)
+    train_batches = CacheBatches(
+        data.images,
+        data.labels,
+        data.rows["train"],
+        batch_size=batch_size,
+        training=True,
+        seed=cfg.seed,
+        multiple_of=multiple_of,
+    )
     model.compile(
-        optimizer=build_optimizer(t.optimizer),
+        optimizer=build_optimizer(t.optimizer, steps_per_epoch=len(train_batches), epochs=t.epochs),
         loss=loss,
         metrics=epoch_metrics(n_classes, cfg.evaluation.threshold),
         **backend.compile_options(t),  # mixed_float16: Keras wraps the optimizer in a LossScaleOptimizer
@@ -74,17 +84,8 @@ def _fit(cfg: Config, data: PreparedData, reporter: Any, replicas: int):
         *([reporter.callback()] if reporter is not None else []),
     ]
     print(f"cxr: {monitored(cfg.callbacks, reporter.monitor if reporter is not None else None)}", flush=True)
-    batch_size, multiple_of = t.batch_size * replicas, backend.batch_multiple(replicas)
     history = model.fit(
-        CacheBatches(
-            data.images,
-            data.labels,
-            data.rows["train"],
-            batch_size=batch_size,
-            training=True,
-            seed=cfg.seed,
-            multiple_of=multiple_of,
-        ),
+        train_batches,
         # JAX data_parallel: the validation loss leaves out < replicas rows
         validation_data=CacheBatches(
             data.images, data.labels, data.rows["val"], batch_size=batch_size, multiple_of=multiple_of

@@ -1,0 +1,65 @@
+"""The real-images-on-a-CPU recipe (issue 20): the `nih_cpu` preset, the learning-rate schedules and
+the zoom augmentation it uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from cxr.config import AugmentConfig, OptimizerConfig, SmallCnnConfig, check_training
+from cxr.models import build_model
+from cxr.runtime.errors import CxrError
+from cxr.training.optimizers import SCHEDULES, build_optimizer
+
+
+def test_nih_cpu_composes_and_passes_the_value_checks(compose_cfg):
+    cfg = compose_cfg(["experiment=nih_cpu", "dataset.root=/data/nih"])
+    check_training(cfg)
+    assert cfg.dataset.name == "nih" and cfg.model.name == "small_cnn"
+    assert cfg.trainer.optimizer.schedule == "cosine" and not cfg.callbacks.reduce_lr.enabled
+    assert cfg.callbacks.checkpoint.monitor == "val_auc" and cfg.callbacks.checkpoint.mode == "max"
+    assert not cfg.callbacks.early_stopping.enabled
+    check_training(compose_cfg(["experiment=nih_cpu", "dataset.image_size=64"]))  # it works at 64 px
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["trainer.optimizer.schedule=linear"], "trainer.optimizer.schedule"),
+        (["trainer.optimizer.schedule=cosine", "trainer.optimizer.warmup_epochs=10"], "warmup_epochs"),
+        (["trainer.optimizer.warmup_epochs=-1"], "warmup_epochs"),
+        (["trainer.optimizer.schedule=cosine", "callbacks.reduce_lr.enabled=true"], "reduce_lr"),
+    ],
+)
+def test_schedule_values_are_checked(compose_cfg, overrides, key):
+    cfg = compose_cfg(["trainer.epochs=10", "callbacks.reduce_lr.enabled=false", *overrides])
+    with pytest.raises(CxrError, match=key):
+        check_training(cfg)
+
+
+def test_cosine_warms_up_to_the_rate_then_decays_to_zero_at_the_last_step():
+    cfg = OptimizerConfig(learning_rate=0.01, schedule="cosine", warmup_epochs=2)
+    schedule = SCHEDULES.get("cosine")(cfg, 5, 10)  # 5 steps an epoch, 10 epochs
+    rates = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
+    assert rates[0] == pytest.approx(0.001) and rates[1] == pytest.approx(0.0055)
+    assert rates[2] == pytest.approx(0.01) and 0.0 < rates[3] < 0.01
+    assert rates[4] == pytest.approx(0.0, abs=1e-9)
+    optimizer = build_optimizer(cfg, steps_per_epoch=5, epochs=10)
+    assert float(optimizer.learning_rate) == pytest.approx(0.001)  # the rate at the optimizer's step 0
+    constant = build_optimizer(OptimizerConfig(learning_rate=0.01), steps_per_epoch=5, epochs=10)
+    assert float(constant.learning_rate) == pytest.approx(0.01)
+
+
+@pytest.mark.backend
+def test_zoom_is_part_of_the_augment_block_and_the_identity_at_inference():
+    augment = OmegaConf.structured(AugmentConfig(zoom_fraction=0.2))
+    model = build_model(
+        OmegaConf.structured(SmallCnnConfig(filters=[4], dense_units=4)), 16, 3, augment=augment
+    )
+    kinds = [type(layer).__name__ for layer in model.get_layer("augment").layers]
+    assert kinds == ["RandomZoom", "ClipGrey"]
+    x = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1)).astype("uint8")
+    block = model.get_layer("augment")
+    np.testing.assert_allclose(np.asarray(block(x, training=False)), x.astype("float32"))
+    assert not np.allclose(np.asarray(block(x, training=True)), x.astype("float32"))
