@@ -211,21 +211,6 @@ def test_operating_points_are_the_validation_thresholds_and_any_the_spec_carries
     ]  # no threshold: no call
 
 
-@pytest.mark.slow  # a new SQLite store: seconds of migrations
-def test_a_runs_report_card_is_found_and_served(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from cxr.serving.app.identity import report_card
-    from cxr.tracking.names import REPORT_HTML_ARTIFACT
-
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.create_experiment("cards", artifact_location=str(tmp_path / "artifacts"))
-    run_id = client.create_run(experiment).info.run_id
-    assert report_card(client, run_id) is None and report_card(client, None) is None
-    client.log_text(run_id, "<html>card</html>", REPORT_HTML_ARTIFACT)
-    assert report_card(client, run_id) == b"<html>card</html>"
-
-
 # ---------------------------------------------------------------- batching (no server)
 def test_requests_that_arrive_while_the_model_is_busy_share_one_pass():
     """The first request holds the model; three more queue up meanwhile and go through in one pass."""
@@ -286,7 +271,12 @@ def test_the_api_answers_what_cxr_predict_answers_for_real_images(
     assert (about["name"], about["version"], about["kind"]) == (TINY_MODEL, "1", "single")
     assert about["operating_points"]["validation"] == in_process.spec.thresholds
     assert set(about["metrics"]) == {"val", "test"} and about["metrics"]["val"]["auc_mean"] > 0
-    assert about["report_card"] is False  # the tiny run has none: the page leaves the link out
+    assert about["report_card"] is True  # every training run writes report/report.html
+    import requests
+
+    card = requests.get(f"{app_server.url}/report", headers=app_server.auth(), timeout=60)
+    assert card.status_code == 200 and "<html" in card.text.lower() and TINY_MODEL in card.text
+    assert requests.get(f"{app_server.url}/report", timeout=60).status_code == 401
     # uploads are kept only where asked, under names of the server's own
     kept = sorted(app_server.kept.iterdir())
     assert kept and all(p.suffix == ".png" and len(p.stem) == 32 for p in kept)
