@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -280,7 +281,22 @@ def test_the_api_answers_what_cxr_predict_answers_for_real_images(
     # uploads are kept only where asked, under names of the server's own
     kept = sorted(app_server.kept.iterdir())
     assert kept and all(p.suffix == ".png" and len(p.stem) == 32 for p in kept)
-    assert requests.get(f"{app_server.url}/docs", timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("docs", ["/docs", "/redoc"])
+def test_the_openapi_pages_load_everything_from_the_app(app_server, docs):
+    """FastAPI's pages, open without a token as always, with Swagger UI and ReDoc from a package, no CDN."""
+    import requests
+
+    reply = requests.get(f"{app_server.url}{docs}", timeout=30)
+    assert reply.status_code == 200 and "text/html" in reply.headers["content-type"]
+    urls = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', reply.text)
+    assert any(u.endswith(".js") for u in urls), reply.text
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), f"{docs} fetches {url} from elsewhere"
+        assert requests.get(f"{app_server.url}{url}", timeout=30).status_code == 200, url
+    assert requests.get(f"{app_server.url}/openapi.json", timeout=30).json()["openapi"].startswith("3.1")
 
 
 @pytest.mark.slow
@@ -414,8 +430,15 @@ def test_the_page_in_a_real_browser(app_server, shared_data, tmp_path):
             with page.expect_download() as png:
                 page.click(".card .png")
             overlay = Image.open(png.value.path())
+            # /docs renders the schema (OpenAPI 3.1: Swagger UI 5) with nothing fetched from elsewhere
+            docs = browser.new_page()
+            asked = []
+            docs.on("request", lambda r: asked.append(r.url))
+            docs.goto(f"{app_server.url}/docs")
+            docs.wait_for_selector(".opblock-summary-path[data-path='/api/predict']", timeout=30_000)
         finally:
             browser.close()
+    assert asked and all(u.startswith(app_server.url + "/") for u in asked), asked
     calls = [float(r) for r in rows]
     assert len(calls) == 14
     assert len(table) == 2 and table[0].startswith("image,findings,Atelectasis")

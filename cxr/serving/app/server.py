@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from cxr.serving.app import uploads
@@ -116,7 +117,10 @@ def create_app(model, identity: Identity, settings: Settings, report_card: bytes
         yield
         await batcher.stop()
 
-    app = FastAPI(
+    # FastAPI's own /docs (Swagger UI) and /redoc, with their scripts, stylesheet and favicon served from
+    # the fastapi-offline package (MIT; it ships Swagger UI 5, Apache-2.0, and ReDoc 2, MIT) rather than
+    # a CDN: the app fetches nothing from elsewhere. Open without a token, as the schema always was.
+    app = FastAPIOffline(
         title="cxr",
         summary="Chest X-ray findings from the model the registry promoted",
         lifespan=lifespan,
