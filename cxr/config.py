@@ -461,6 +461,8 @@ class PredictConfig:
     batch_size: int = 32
     tracking: TrackingConfig = MISSING
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused, from their header, before decoding
+    # the thresholds findings use: spec90, sens95, ... (the model's points at a target); null: validation's
+    operating_point: str | None = None
 
 
 @dataclass
