@@ -493,6 +493,9 @@ class ReportConfig:
     model_uri: str = MISSING
     output_dir: str = MISSING  # report.html and report.json go here (default: the Hydra run folder)
     tracking: TrackingConfig = MISSING
+    # another version (models:/NAME/7): both side by side, with paired differences on validation
+    compare: str | None = None
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # of the paired differences
 
 
 # ---------------------------------------------------------------- validation

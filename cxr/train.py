@@ -113,6 +113,8 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
         with tracking.timed("localisation"):
             located = localise_and_log([model], [1.0], images_of(data), data, cfg.evaluation)
         evaluation = replace(evaluation, metrics={**evaluation.metrics, **located})
+        if located:  # the card again, with the localisation scores (and below, once more with its version)
+            write_card(evaluation)
         if (output_dir / mn.HISTORY_ARTIFACT).is_file():
             mlflow.log_artifact(str(output_dir / mn.HISTORY_ARTIFACT))
         objective = _objective(evaluation, cfg.optimized_metric)
