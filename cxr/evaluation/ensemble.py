@@ -3,7 +3,8 @@
 Candidates are ranked by validation mean AUC from their version tags (never a test number), must share
 one patient split, and may run at different image sizes (each member reads the cache at its own
 size); the top K, or greedy selection on their validation predictions, make the members
-(`cxr.evaluation.member_selection`). The ensemble's thresholds are chosen on validation; validation
+(`cxr.evaluation.member_selection`). The ensemble's calibrator (with `evaluation.calibration` set),
+thresholds and operating points are chosen on its own validation predictions; validation
 and test are evaluated with the same metrics, intervals and plots as a training run; one MLflow run
 (in the members' experiment unless `tracking.experiment_name` is given) holds the members, a
 per-disease table of each member beside the ensemble, and the ensemble as a registered cxr pyfunc.
