@@ -461,6 +461,8 @@ class PredictConfig:
     batch_size: int = 32
     tracking: TrackingConfig = MISSING
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused, from their header, before decoding
+    # the thresholds findings use: spec90, sens95, ... (the model's points at a target); null: validation's
+    operating_point: str | None = None
 
 
 @dataclass
@@ -491,6 +493,9 @@ class ReportConfig:
     model_uri: str = MISSING
     output_dir: str = MISSING  # report.html and report.json go here (default: the Hydra run folder)
     tracking: TrackingConfig = MISSING
+    # another version (models:/NAME/7): both side by side, with paired differences on validation
+    compare: str | None = None
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)  # of the paired differences
 
 
 # ---------------------------------------------------------------- validation

@@ -2,8 +2,9 @@
 
 PATH is a file, a folder (its PNG and JPEG files) or a list `images=[a.png,b.jpg]`. Per image it
 prints the probability of every finding and the findings at or above the model's validation-chosen
-thresholds; for a folder it also writes `predictions.csv`; with `heatmaps=true` it writes one
-Grad-CAM overlay PNG per image and positive finding, at the image's own resolution. A file that is
+thresholds (`operating_point=spec90`: another point the model carries); for a folder it also writes
+`predictions.csv`; with `heatmaps=true` it writes one Grad-CAM overlay PNG per image and positive
+finding, at the image's own resolution. A file that is
 not an image is named in one `cxr: error:` line and the others go on; the exit code is 2 if any failed.
 Every path is checked before the model loads (`cxr.serving.image_files`); files are decoded as a served
 request's rows are (`cxr.data.untrusted_images`, at most `max_image_pixels` an image).
@@ -43,9 +44,10 @@ def run(cfg: PredictConfig) -> int:
         return len(failures)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     model = pyfunc.load(cfg.model_uri, cfg.tracking.trusted_imports)
+    model.thresholds_at(cfg.operating_point)  # an unknown point: one line, before any image is read
     result = predict_files(model, files, cfg.batch_size, cfg.max_image_pixels)
     output = Path(cfg.output_dir)
-    findings = model.findings(result.scores)
+    findings = model.findings(result.scores, cfg.operating_point)
     for path, scores, positives in zip(result.paths, result.scores, findings, strict=True):
         shown = ", ".join(positives) if positives else "none at or above their thresholds"
         print(f"{path}\n  findings: {shown}")

@@ -3,6 +3,8 @@
 Writes report.html and report.json into the command's output folder, from the registry alone: the
 card the version's run wrote at its evaluation, its plots, and the version's identity and promotion
 gates. A version evaluated before cxr wrote cards is named, with the `cxr.evaluate` line that adds one.
+`compare=models:/NAME/7` adds a second version beside it: each one's AUCs and the paired differences on
+the validation patients both were scored on.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ def run(cfg: ReportConfig) -> Path:
     from cxr.evaluation.version_card import write_version_card
 
     check_known_keys(cfg)
-    page = write_version_card(MlflowClient(cfg.tracking.uri), cfg.model_uri, Path(cfg.output_dir))
-    print(f"report card of {cfg.model_uri}: {page} (and report.json beside it)", flush=True)
+    client = MlflowClient(cfg.tracking.uri)
+    page = write_version_card(client, cfg.model_uri, Path(cfg.output_dir), cfg.compare, cfg.bootstrap)
+    against = f" against {cfg.compare}" if cfg.compare else ""
+    print(f"report card of {cfg.model_uri}{against}: {page} (and report.json beside it)", flush=True)
     return page
 
 

@@ -76,8 +76,7 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
     import mlflow
 
     from cxr.evaluation.box_localisation import images_of, localise_and_log
-    from cxr.evaluation.calibrators import calibrated
-    from cxr.evaluation.report import evaluate_predictions, log_evaluation, write_card
+    from cxr.evaluation.report import evaluate_calibrated, log_evaluation, write_card
     from cxr.serving.inference import predict_splits
     from cxr.serving.registration import log_trained_model
     from cxr.sweep.reporter import open_reporter
@@ -106,11 +105,7 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
         with tracking.timed("predict"):
             predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size)
         with tracking.timed("evaluate"):
-            predictions, calibration, before = calibrated(
-                predictions, data.pathologies, cfg.evaluation.calibration, cfg.evaluation.ece_bins
-            )
-            evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
-            evaluation.metrics.update(before)  # the pooled ECE before calibration, beside the one after
+            evaluation, calibration = evaluate_calibrated(predictions, cfg.evaluation, data.pathologies)
         with tracking.timed("log_evaluation"):
             log_evaluation(
                 evaluation, cfg.evaluation.plots, pd.DataFrame(history.history).assign(epoch=history.epoch)
@@ -118,6 +113,8 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
         with tracking.timed("localisation"):
             located = localise_and_log([model], [1.0], images_of(data), data, cfg.evaluation)
         evaluation = replace(evaluation, metrics={**evaluation.metrics, **located})
+        if located:  # the card again, with the localisation scores (and below, once more with its version)
+            write_card(evaluation)
         if (output_dir / mn.HISTORY_ARTIFACT).is_file():
             mlflow.log_artifact(str(output_dir / mn.HISTORY_ARTIFACT))
         objective = _objective(evaluation, cfg.optimized_metric)

@@ -272,7 +272,11 @@ def test_the_api_answers_what_cxr_predict_answers_for_real_images(
     assert (about["name"], about["version"], about["kind"]) == (TINY_MODEL, "1", "single")
     assert about["operating_points"]["validation"] == in_process.spec.thresholds
     assert set(about["metrics"]) == {"val", "test"} and about["metrics"]["val"]["auc_mean"] > 0
-    assert about["report_card"] is True  # every training run writes report/report.html
+    assert about["report_card"] is True  # every evaluation writes one (issue 21): the page links it
+    assert set(about["operating_points"]) == {"validation", "spec90", "spec95", "sens90", "sens95"}
+    at_spec90 = app_server.post("/api/predict", files, operating_point="spec90").json()["results"]
+    for result, scores in zip(at_spec90, expected.scores, strict=True):  # the model's own spec90 thresholds
+        assert set(result["findings"]) == set(in_process.findings(scores[None], "spec90")[0])
     import requests
 
     card = requests.get(f"{app_server.url}/report", headers=app_server.auth(), timeout=60)

@@ -58,6 +58,7 @@ def test_the_report_card_is_self_contained_and_names_the_version(card):
     text = " ".join(page.text)
     assert f"models:/{TINY_MODEL}/1" in text and store.run_id in text
     assert "text-mined" in text and "Operating points" in text and "largest AUC gap" in text
+    assert "Localisation against expert boxes" in text
     client = MlflowClient(store.cfg.tracking.uri)
     tags = client.get_model_version(TINY_MODEL, "1").tags
     assert tags[mn.REPORT_TAG] == f"runs:/{store.run_id}/{mn.REPORT_HTML_ARTIFACT}"
@@ -79,6 +80,16 @@ def test_report_json_holds_the_logged_metrics_and_the_evidence(card):
     }
     assert {r["attribute"] for r in test["gaps"]} == {"sex", "age", "view", "follow_up"}
     assert doc["model"]["version"] == f"models:/{TINY_MODEL}/1" and doc["model"]["split digest"]
+    located = test["localisation"]  # the tiny run scores localisation: the card shows it
+    assert located["rows"][0]["finding"] == "mean over findings" and "pointing" in located["measures"]
+    pointing = located["rows"][0]["cells"][located["measures"].index("pointing")]
+    assert pointing == pytest.approx(
+        [
+            logged["test/localisation/pointing_mean"],
+            *(logged[f"test/localisation/pointing_mean{b}"] for b in mn.interval("")),
+        ]
+    )
+    assert not doc["splits"]["val"]["localisation"]
 
 
 @pytest.mark.slow
@@ -86,13 +97,26 @@ def test_cxr_report_writes_the_card_of_a_registered_version_from_the_registry_al
     from tests.conftest import run_cli
 
     uri = f"tracking.uri={tiny_store.cfg.tracking.uri}"
-    out = run_cli("cxr.report", f"model=models:/{TINY_MODEL}/1", uri, f"hydra.run.dir={tmp_path}/card")
+    version = f"models:/{TINY_MODEL}/1"
+    out = run_cli(
+        "cxr.report",
+        f"model={version}",
+        f"compare={version}",
+        "bootstrap.resamples=50",
+        uri,
+        f"hydra.run.dir={tmp_path}/card",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     page = Page()
     page.feed((tmp_path / "card" / "report.html").read_text(encoding="utf-8"))
     assert len(page.images) == 6 and f"models:/{TINY_MODEL}/1" in " ".join(page.text)
     doc = json.loads((tmp_path / "card" / "report.json").read_text())
     assert doc["model"]["version"] == f"models:/{TINY_MODEL}/1" and doc["model"]["run"] == tiny_store.run_id
+    # compared with itself: side by side, every paired difference 0; test AUCs as the run logged them
+    assert f"Compared with {version}" in " ".join(page.text) and doc["comparison"]["other"] == version
+    mean = doc["comparison"]["rows"][-1]
+    assert mean["finding"] == "mean" and mean["difference"] == 0 and mean["auc"] == mean["other_auc"]
+    assert mean["test_auc"] == pytest.approx(doc["metrics"]["test/auc_mean"]) == mean["other_test_auc"]
     missing = run_cli("cxr.report", f"model=models:/{TINY_MODEL}/9", uri, f"hydra.run.dir={tmp_path}/none")
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith(
         "cxr: error: cannot find"

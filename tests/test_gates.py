@@ -197,3 +197,30 @@ def test_promotion_is_gated_refusals_name_the_gate_and_force_is_recorded(store, 
         for g in ("mean_auc", "finding_drop", "subgroup_gap", "calibration")
     )
     assert "cxr.champion.overridden_gates" not in tags
+
+
+def test_compare_pairs_two_versions_on_validation_with_the_gates_bootstrap(store):
+    """`cxr.report compare=`'s numbers: the collapsed finding's paired difference is its gate's."""
+    from cxr.evaluation.comparison import compare_versions
+
+    _, client, (base, collapsed, _) = store
+    ours, theirs = client.get_model_version(NAME, collapsed), client.get_model_version(NAME, base)
+    rows = {r["finding"]: r for r in compare_versions(client, ours, theirs, 300, 0.95, 0)["rows"]}
+    assert list(rows) == [*NIH_PATHOLOGIES, "mean"]
+    for r in rows.values():
+        assert r["difference"] == pytest.approx(r["auc"] - r["other_auc"], abs=1e-9)
+        assert r["ci_low"] <= r["difference"] <= r["ci_high"] and r["test_auc"] is None  # no test logged
+    lost = rows[NIH_PATHOLOGIES[COLLAPSED]]
+    assert lost["ci_high"] < 0 and rows["mean"]["difference"] > 0
+    p = {v: validation_of(client, v) for v in (collapsed, base)}
+    gate = by_name(check_gates(p[collapsed], p[base], NIH_PATHOLOGIES, GATES))["finding_drop"]
+    bounds = f"[{lost['ci_low']:+.4f}, {lost['ci_high']:+.4f}]"
+    assert f"{NIH_PATHOLOGIES[COLLAPSED]} {lost['difference']:+.4f} {bounds}" in gate.line
+
+
+def validation_of(client: MlflowClient, version: str) -> Predictions:
+    from cxr.evaluation.stored_predictions import frame_predictions
+    from cxr.tracking.promotion import validation_predictions
+
+    run_id = client.get_model_version(NAME, version).tags[mn.RUN_TAG]
+    return frame_predictions(validation_predictions(client, run_id), "test")[0]

@@ -40,9 +40,12 @@ def server(tiny_store, tmp_path_factory):
     process.wait(timeout=30)
 
 
-def ask(url: str, *images: bytes) -> tuple[int, dict]:
+def ask(url: str, *images: bytes, params: dict | None = None) -> tuple[int, dict]:
     rows = [[base64.b64encode(i).decode()] for i in images]
-    body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+    request_body = {"dataframe_split": {"columns": ["image"], "data": rows}} | (
+        {"params": params} if params else {}
+    )
+    body = json.dumps(request_body).encode()
     request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as reply:
@@ -157,6 +160,15 @@ def test_image_bytes_decode_alike_on_the_server_and_in_process(server, tiny_stor
     expected = model.score([model.decoded(image.getvalue(), "x")])[0]
     served = np.array([answer["predictions"][0][p] for p in model.pathologies])
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    # another operating point is a request parameter; an unknown one a 400 naming the model's points
+    status, at_sens95 = ask(url, image.getvalue(), params={"operating_point": "sens95"})
+    assert (
+        status == 200 and at_sens95["predictions"][0]["findings"] == model.findings(served[None], "sens95")[0]
+    )
+    status, answer = ask(url, image.getvalue(), params={"operating_point": "spec99"})
+    assert (
+        status == 400 and "operating_point='spec99': this model has validation, spec90" in answer["message"]
+    )
 
 
 def test_inside_mlflows_scoring_server_a_request_has_a_deadline_before_the_servers_timeout():

@@ -7,6 +7,7 @@ are real small models logged as cxr pyfuncs, registered with chosen validation A
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -177,12 +178,14 @@ def test_greedy_selection_is_never_worse_than_its_best_member_on_validation(regi
         "tracking.experiment_name=chosen",
         "evaluation.bootstrap.resamples=0",
         "evaluation.plots=false",
+        "evaluation.calibration=temperature",  # the ensemble's own calibrator, fitted on its validation
     )
     assert out.returncode == 0, out.stderr[-3000:]
     version = out.stdout.split(f"registered as models:/{NAME}/")[1].split()[0]
     tags = client.get_model_version(NAME, version).tags
     run = client.get_run(tags["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "chosen"  # given: where it goes
+    assert mn.split_metric("val", mn.ECE_UNCALIBRATED) in run.data.metrics
     ensemble_val, members = val_means(client, tags["run_id"])
     candidates = [c.version for c in model_registry.ranked_versions(client, NAME, kind="single")]
     assert set(members) <= set(candidates)
@@ -192,6 +195,10 @@ def test_greedy_selection_is_never_worse_than_its_best_member_on_validation(regi
     assert 1 <= sum(picks) <= 4 and all(p >= 1 for p in picks)
     np.testing.assert_allclose(spec.weights, [p / sum(picks) for p in picks], rtol=1e-6)
     assert "greedy selection" in out.stdout
+    assert spec.calibration["method"] == "temperature" and spec.calibration["findings"]
+    chosen = json.loads(Path(client.download_artifacts(run.info.run_id, mn.THRESHOLDS_ARTIFACT)).read_text())
+    assert spec.operating_points == chosen["operating_points"]  # the ensemble's own, from its validation
+    assert set(spec.operating_points) == {"spec90", "spec95", "sens90", "sens95"}
 
 
 def test_the_ensemble_is_the_mean_of_its_members_at_their_own_sizes(registry, ensemble):

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cxr.data.splits import SPLIT_TITLES
 from cxr.evaluation import plots as figures
+from cxr.tracking import names as mn
 
 if TYPE_CHECKING:
     from cxr.evaluation.report import Evaluation
@@ -60,6 +61,38 @@ def _records(frame: pd.DataFrame | None) -> list[dict]:
     return _clean(frame.reset_index().to_dict(orient="records"))
 
 
+POOLED = "mean over findings"
+
+
+def localisation(metrics: Mapping[str, float], split: str) -> dict:
+    """The split's localisation scores (`test/localisation/...` metrics) as a table for the card:
+    `measures` in order, and per finding (the pooled row first) each measure's [value, low, high];
+    empty where the run scored none."""
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for name, value in metrics.items():
+        parsed = mn.parse_localisation(split, name)
+        if parsed is None:
+            continue
+        finding, measure = parsed
+        base = measure.removesuffix(mn.CI_LOW).removesuffix(mn.CI_HIGH)
+        part = measure[len(base) :] or "value"
+        cells.setdefault(finding or POOLED, {}).setdefault(base, {})[part] = value
+    if not cells:
+        return {}
+    measures = list(dict.fromkeys(m for row in cells.values() for m in row))
+    order = [POOLED, *sorted(f for f in cells if f != POOLED)] if POOLED in cells else sorted(cells)
+    rows = [
+        {
+            "finding": f,
+            "cells": [
+                [cells[f].get(m, {}).get(k) for k in ("value", mn.CI_LOW, mn.CI_HIGH)] for m in measures
+            ],
+        }
+        for f in order
+    ]
+    return {"measures": measures, "rows": rows}
+
+
 def document(
     evaluation: Evaluation, identity: Mapping[str, Any], gates: Sequence[Mapping[str, Any]] = ()
 ) -> dict:
@@ -83,6 +116,7 @@ def document(
             "subgroups": _records(se.subgroups.table) if se and se.subgroups else [],
             "gaps": _records(se.subgroups.gaps) if se and se.subgroups else [],
             "excluded": se.subgroups.excluded if se and se.subgroups else {},
+            "localisation": localisation(evaluation.metrics, split),
         }
     return _clean(
         {

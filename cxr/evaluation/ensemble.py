@@ -3,7 +3,8 @@
 Candidates are ranked by validation mean AUC from their version tags (never a test number), must share
 one patient split, and may run at different image sizes (each member reads the cache at its own
 size); the top K, or greedy selection on their validation predictions, make the members
-(`cxr.evaluation.member_selection`). The ensemble's thresholds are chosen on validation; validation
+(`cxr.evaluation.member_selection`). The ensemble's calibrator (with `evaluation.calibration` set),
+thresholds and operating points are chosen on its own validation predictions; validation
 and test are evaluated with the same metrics, intervals and plots as a training run; one MLflow run
 (in the members' experiment unless `tracking.experiment_name` is given) holds the members, a
 per-disease table of each member beside the ensemble, and the ensemble as a registered cxr pyfunc.
@@ -27,7 +28,13 @@ from cxr.data.prepared import relocated
 from cxr.data.splits import write_split_csv
 from cxr.evaluation.box_localisation import images_of, localise_and_log
 from cxr.evaluation.member_selection import SELECTIONS, WEIGHTINGS, pool_size, verdict
-from cxr.evaluation.report import evaluate_predictions, log_evaluation, validation_and_test_line, write_card
+from cxr.evaluation.report import (
+    evaluate_calibrated,
+    evaluate_predictions,
+    log_evaluation,
+    validation_and_test_line,
+    write_card,
+)
 from cxr.evaluation.scoring import mean_auc
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
@@ -145,9 +152,13 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
         ],
     )
     model = pyfunc.CxrModel.of([k for m in loaded for k in m.members], spec)
-    predictions = combined(model, member_scores, data)
-    evaluation = evaluate_predictions(predictions, cfg.evaluation, data.pathologies)
+    # the ensemble's own calibrator, thresholds and operating points, all chosen on its validation scores
+    evaluation, spec.calibration = evaluate_calibrated(
+        combined(model, member_scores, data), cfg.evaluation, data.pathologies
+    )
+    predictions = evaluation.predictions
     spec.thresholds = evaluation.thresholds["thresholds"]
+    spec.operating_points = evaluation.thresholds["operating_points"]
     member_tables = {}
     for c, scores in zip(candidates, member_scores, strict=True):
         preds = {s: Predictions(predictions[s].labels, scores[s], predictions[s].patients) for s in splits}

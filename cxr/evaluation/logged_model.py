@@ -8,6 +8,7 @@ and the requested split, and writes the same metrics, tables and plots training 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from cxr.data.prepared import relocated
 from cxr.data.splits import SPLIT_NAMES
 from cxr.evaluation.box_localisation import SPLIT, images_of, localise_and_log
-from cxr.evaluation.report import evaluate_predictions, log_evaluation, summary_line
+from cxr.evaluation.report import evaluate_predictions, log_evaluation, summary_line, write_card
 from cxr.runtime.console import log
 from cxr.runtime.errors import CxrError
 from cxr.serving import pyfunc
@@ -78,6 +79,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
         located = {}
         if cfg.split == SPLIT:
             located = localise_and_log(model.members, model.spec.weights, images_at, data, cfg.evaluation)
+        if located:  # the card again, with the localisation scores
+            write_card(replace(evaluation, metrics={**evaluation.metrics, **located}))
 
     results = {**evaluation.metrics, **located}
     log.info(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images)")

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from cxr.data.counts import undefined_reason
 from cxr.data.splits import SPLIT_TITLES
 from cxr.evaluation import plots as figures
+from cxr.evaluation.calibrators import calibrated
 from cxr.evaluation.evidence import Evidence, evidence, evidence_metrics
 from cxr.evaluation.scoring import choose_thresholds, evaluate_split, operating_points
 from cxr.runtime.errors import CxrError
@@ -117,6 +118,18 @@ def evaluate_predictions(
         "card": cfg.report,
     }
     return Evaluation(defined, document, tables, predictions, tuple(pathologies), undefined, beyond, settings)
+
+
+def evaluate_calibrated(
+    predictions: dict[str, Predictions], cfg: EvaluationConfig, pathologies: Sequence[str]
+) -> tuple[Evaluation, dict]:
+    """(the evaluation of the predictions through the calibrator `cfg.calibration` fitted on validation,
+    that calibrator's document): a trained model and an ensemble alike, so the thresholds and operating
+    points they store are chosen on the scores they serve. The metrics hold each split's ECE before too."""
+    predictions, calibration, before = calibrated(predictions, pathologies, cfg.calibration, cfg.ece_bins)
+    evaluation = evaluate_predictions(predictions, cfg, pathologies)
+    evaluation.metrics.update(before)
+    return evaluation, calibration
 
 
 def _notes(reasons: dict[str, dict[str, str | None]], split: str, disease: str, row: pd.Series) -> list[str]:

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cxr.data.splits import SPLIT_TITLES
-from cxr.evaluation.card import _FIGURES, render_html
+from cxr.evaluation.card import _FIGURES, _clean, render_html
+from cxr.evaluation.comparison import compare_versions
 from cxr.runtime.errors import CxrError
 from cxr.tracking import names as mn
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+    from cxr.config import BootstrapConfig  # a type only: config sits above evaluation
 
 
 def find_version(client: MlflowClient, model_uri: str):
@@ -47,9 +50,18 @@ def _artifact(client: MlflowClient, run_id: str, path: str, folder: str) -> Path
         return None
 
 
-def write_version_card(client: MlflowClient, model_uri: str, folder: Path) -> Path:
-    """report.json and report.html of the version `model_uri` names, into `folder`; returns the page."""
+def write_version_card(
+    client: MlflowClient,
+    model_uri: str,
+    folder: Path,
+    compare: str | None = None,
+    bootstrap: BootstrapConfig | None = None,
+) -> Path:
+    """report.json and report.html of the version `model_uri` names, into `folder`; returns the page.
+    With `compare` (another version's URI), the card holds both side by side with paired differences on
+    validation (`cxr.evaluation.comparison`; `bootstrap`, needed then: resamples, confidence, seed)."""
     version = find_version(client, model_uri)
+    other = find_version(client, compare) if compare else None
     run_id = version.tags.get(mn.RUN_TAG) or version.run_id
     with tempfile.TemporaryDirectory() as tmp:
         stored = _artifact(client, run_id, mn.REPORT_JSON_ARTIFACT, tmp)
@@ -75,6 +87,11 @@ def write_version_card(client: MlflowClient, model_uri: str, folder: Path) -> Pa
         for key, value in sorted(version.tags.items())
         if key.startswith(mn.GATE_TAG_PREFIX)
     ]
+    if other is not None:
+        b = bootstrap
+        doc["comparison"] = _clean(
+            compare_versions(client, version, other, b.resamples, b.confidence, b.seed)
+        )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(doc, indent=1))
     page = folder / "report.html"

@@ -35,7 +35,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModelContext
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import cxr.models  # noqa: F401  (these three register the custom classes the saved members refer to)
 import cxr.training.losses  # noqa: F401
@@ -56,6 +56,8 @@ LOADER_MODULE = "cxr.serving.loader"  # what MLflow imports to load a cxr model 
 TRUSTED_IMPORTS_KEY = "trusted_imports"  # in the load context's model_config
 IMAGE_COLUMN = "image"
 FINDINGS_COLUMN = "findings"
+DEFAULT_POINT = "validation"  # the spec's own thresholds (Youden/F1 on validation): what findings use unasked
+POINT_PARAM = "operating_point"  # the served pyfunc's `params` entry that names another point
 DECODING = decode_slots()  # full-size decodes at once, across the server's concurrent requests
 
 
@@ -80,6 +82,8 @@ class ModelSpec:
     imports: list[str] = field(default_factory=list)  # user modules that register custom layers
     # a post-hoc calibrator per finding, fitted on validation (cxr.serving.calibrators); empty: none
     calibration: dict = field(default_factory=dict)
+    # {name: {finding: threshold}}: operating points at a target (spec90, sens95, ...), chosen on validation
+    operating_points: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 class CxrModel(mlflow.pyfunc.PythonModel):
@@ -108,7 +112,24 @@ class CxrModel(mlflow.pyfunc.PythonModel):
 
     @property
     def thresholds(self) -> np.ndarray:
-        return np.array([np.nan if t is None else t for t in self.spec.thresholds.values()], np.float64)
+        return self.thresholds_at(None)
+
+    @property
+    def operating_points(self) -> list[str]:
+        """The names `operating_point=` takes: the default, then the spec's points at a target."""
+        return [DEFAULT_POINT, *self.spec.operating_points]
+
+    def thresholds_at(self, point: str | None) -> np.ndarray:
+        """One threshold per pathology (NaN: undefined) at the named operating point; None: the default.
+        An unknown name is a CxrError that lists the model's points."""
+        if point in (None, DEFAULT_POINT):
+            chosen = self.spec.thresholds
+        elif point in self.spec.operating_points:
+            chosen = self.spec.operating_points[point]
+        else:
+            raise CxrError(f"operating_point={point!r}: this model has {', '.join(self.operating_points)}")
+        values = [chosen.get(p) for p in self.pathologies]
+        return np.array([np.nan if v is None else v for v in values], np.float64)
 
     def combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from each member's (N, pathologies) probabilities."""
@@ -145,20 +166,26 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         """(N, pathologies) for grey uint8 images of any size: each member sees them at its own size."""
         return self.score([self.resized(img) for img in images], batch_size)
 
-    def findings(self, scores: np.ndarray) -> list[list[str]]:
-        """Per row, the pathologies at or above their validation-chosen thresholds."""
+    def findings(self, scores: np.ndarray, point: str | None = None) -> list[list[str]]:
+        """Per row, the pathologies at or above their validation-chosen thresholds at operating `point`."""
+        thresholds = self.thresholds_at(point)
         with np.errstate(invalid="ignore"):
-            positive = scores >= self.thresholds[None, :]  # an undefined threshold calls nothing
+            positive = scores >= thresholds[None, :]  # an undefined threshold calls nothing
         return [[p for p, hit in zip(self.pathologies, row, strict=True) if hit] for row in positive]
 
     # ------------------------------------------------------------------ pyfunc
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """A request's probabilities and findings; `params={"operating_point": "spec90"}` picks the
+        thresholds (checked before any row is decoded)."""
         try:
+            point = (params or {}).get(POINT_PARAM)
+            self.thresholds_at(point)
             scores = self.request_scores(model_input, served_limits())
+            findings = self.findings(scores, point)
         except CxrError as err:
             raise InvalidRequest(str(err)) from None
         out = pd.DataFrame(scores.astype(np.float64), columns=list(self.pathologies))
-        out[FINDINGS_COLUMN] = self.findings(scores)
+        out[FINDINGS_COLUMN] = findings
         return out
 
     def request_scores(self, frame: pd.DataFrame, limits: RequestLimits) -> np.ndarray:
@@ -235,7 +262,10 @@ def log_model(members: Sequence, spec: ModelSpec, registered_model_name: str | N
             name=name,
             loader_module=LOADER_MODULE,  # the installed cxr loads it: no code among the artifacts
             data_path=str(folder),
-            signature=ModelSignature(inputs=Schema([ColSpec("string", IMAGE_COLUMN)])),
+            signature=ModelSignature(
+                inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+                params=ParamSchema([ParamSpec(POINT_PARAM, "string", DEFAULT_POINT)]),
+            ),
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
         )

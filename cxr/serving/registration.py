@@ -79,6 +79,7 @@ def log_trained_model(
             {node._target_.rsplit(".", 1)[0] for node in (cfg.model, cfg.loss) if "_target_" in node}
         ),
         calibration=calibration or {},
+        operating_points=evaluation.thresholds.get("operating_points", {}),
     )
     name = cfg.tracking.registered_model_name
     trial = {} if reporter is None else {"study": reporter.study_name, "trial": reporter.number}

@@ -199,6 +199,21 @@ def localisation(split: str, measure: str, finding: str | None = None) -> str:
     return SEP.join([split, LOCALISATION, *([finding] if finding else []), measure])
 
 
+def parse_localisation(split: str, name: str) -> tuple[str | None, str] | None:
+    """(finding, or None when pooled; measure) of a `localisation` name of `split`, else None:
+    `test/localisation/Mass/pointing_ci_low` -> ("Mass", "pointing_ci_low"); `test/localisation/pointing_mean`
+    -> (None, "pointing"), `.../pointing_mean_ci_low` -> (None, "pointing_ci_low")."""
+    parts = name.split(SEP)
+    if len(parts) not in (3, 4) or parts[:2] != [split, LOCALISATION]:
+        return None
+    if len(parts) == 4:
+        return parts[2], parts[3]
+    for suffix in ("", CI_LOW, CI_HIGH):
+        if parts[2].endswith(f"_mean{suffix}"):
+            return None, parts[2][: -len(f"_mean{suffix}")] + suffix
+    return None
+
+
 def localisation_table(split: str, what: str = "localisation") -> str:
     """`evaluation/test_localisation.csv` per finding; `what="localisation_images"`: per image."""
     return f"evaluation/{split}_{what}.csv"

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr.serving.pyfunc import DEFAULT_POINT
 from cxr.tracking import names
 
-DEFAULT_POINT = "validation"  # the spec's own thresholds, chosen on validation when the model was made
 DATA_PARAMS = ("dataset.name", "dataset.split", "dataset.val_fraction", "model.name")
 _REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
