@@ -277,8 +277,6 @@ def test_the_api_answers_what_cxr_predict_answers_for_real_images(
     at_spec90 = app_server.post("/api/predict", files, operating_point="spec90").json()["results"]
     for result, scores in zip(at_spec90, expected.scores, strict=True):  # the model's own spec90 thresholds
         assert set(result["findings"]) == set(in_process.findings(scores[None], "spec90")[0])
-    import requests
-
     card = requests.get(f"{app_server.url}/report", headers=app_server.auth(), timeout=60)
     assert card.status_code == 200 and "<html" in card.text.lower() and TINY_MODEL in card.text
     assert requests.get(f"{app_server.url}/report", timeout=60).status_code == 401
