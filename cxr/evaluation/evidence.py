@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.evaluation.calibration import calibration_table
-from cxr.evaluation.subgroups import SubgroupReport, subgroup_report
+from cxr.evaluation.subgroups import SubgroupReport, subgroups_of
 from cxr.evaluation.targets import Target, choose_target_thresholds, target_table, targets
 from cxr.tracking import names as mn
 
@@ -54,21 +54,7 @@ def split_evidence(
     groups = None
     g = cfg.subgroups
     if g.enabled and p.metadata is not None:
-        groups = subgroup_report(
-            p.labels,
-            p.scores,
-            p.patients,
-            p.metadata,
-            pathologies,
-            attributes=list(g.attributes),
-            age_bands=list(g.age_bands),
-            max_age=g.max_age,
-            min_positives=g.min_positives,
-            flag_gap=g.flag_gap,
-            resamples=b.resamples,
-            confidence=b.confidence,
-            seed=b.seed,
-        )
+        groups = subgroups_of(p, pathologies, g, b.resamples, b.confidence, b.seed)
     return SplitEvidence(calibration, pooled, points, groups)
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from cxr.evaluation.calibration import expected_calibration_error
 from cxr.evaluation.scoring import _nanmean_rows, bootstrap_scores, confidence_interval, patient_bootstrap
-from cxr.evaluation.subgroups import MEAN, subgroup_report
+from cxr.evaluation.subgroups import MEAN, subgroups_of
 from cxr.runtime.errors import CxrError
 from cxr.serving.inference import Predictions
 
@@ -85,22 +85,7 @@ def _gap_of_means(p: Predictions, pathologies: Sequence[str], cfg: GatesConfig) 
     """Per attribute: the largest gap in mean AUC between its groups (point estimate)."""
     if p.metadata is None:
         return {}
-    g = cfg.subgroups
-    report = subgroup_report(
-        p.labels,
-        p.scores,
-        p.patients,
-        p.metadata,
-        pathologies,
-        attributes=list(g.attributes),
-        age_bands=list(g.age_bands),
-        max_age=g.max_age,
-        min_positives=g.min_positives,
-        flag_gap=g.flag_gap,
-        resamples=0,
-        confidence=cfg.confidence,
-        seed=cfg.seed,
-    )
+    report = subgroups_of(p, pathologies, cfg.subgroups, 0, cfg.confidence, cfg.seed)  # points only
     if report.gaps.empty:
         return {}
     means = report.gaps[report.gaps.disease == MEAN]

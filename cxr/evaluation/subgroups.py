@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from cxr.evaluation.scoring import Ranking, _column_chunks, confidence_interval, patient_bootstrap
+
+if TYPE_CHECKING:
+    from cxr.config import SubgroupsConfig  # a type only: config sits above evaluation
+    from cxr.serving.inference import Predictions
 
 MEAN = "mean"  # the row of the mean AUC over findings
 TOO_SMALL = "too small"
@@ -203,3 +208,30 @@ def _gap(attribute, disease, k, point, boot, confidence, flag_gap) -> dict:
     else:
         row["flagged"] = bool(row["gap"] > flag_gap)
     return row
+
+
+def subgroups_of(
+    p: Predictions,
+    pathologies: Sequence[str],
+    settings: SubgroupsConfig,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> SubgroupReport:
+    """`subgroup_report` of one split's predictions with the `evaluation.subgroups` settings: what an
+    evaluation reports and what promotion's gap gate compares (the caller checks `p.metadata`)."""
+    return subgroup_report(
+        p.labels,
+        p.scores,
+        p.patients,
+        p.metadata,
+        pathologies,
+        attributes=list(settings.attributes),
+        age_bands=list(settings.age_bands),
+        max_age=settings.max_age,
+        min_positives=settings.min_positives,
+        flag_gap=settings.flag_gap,
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
