@@ -113,6 +113,9 @@ class ModelConfig:
 CUSTOM_SCHEMA = {"name": MISSING, "_target_": MISSING}
 
 
+SMALL_CNN_POOLINGS = ("avg", "avgmax")
+
+
 @dataclass
 class SmallCnnConfig(ModelConfig):
     name: str = "small_cnn"
@@ -120,6 +123,7 @@ class SmallCnnConfig(ModelConfig):
     dense_units: int = 64
     dropout: float = 0.2
     l2: float = 0.0
+    pooling: str = "avg"  # avg, or avgmax: global average and max pooling side by side (small findings)
 
     def min_image_size(self) -> int:
         return 2 ** len(self.filters)  # each block halves the side; the last must keep one pixel
@@ -270,6 +274,7 @@ class OptimizerConfig:
     weight_decay: float = 1e-4
     schedule: str = "constant"  # constant, or cosine: decay to 0 at the last epoch (after any warm-up)
     warmup_epochs: int = 0  # cosine: linear warm-up from a tenth of learning_rate over these epochs
+    ema: float = 0.0  # 0: off; else the momentum of a moving average of the weights, which fit ends with
 
 
 @dataclass
@@ -688,6 +693,7 @@ def check_training(cfg: Config) -> None:
         o.warmup_epochs,
         f"give 0 or more epochs, fewer than trainer.epochs ({t.epochs})",
     )
+    _require(0.0 <= o.ema < 1.0, "trainer.optimizer.ema", o.ema, "give 0 (off) or a momentum under 1: 0.99")
     _require(
         o.schedule == "constant" or not cfg.callbacks.reduce_lr.enabled,
         "callbacks.reduce_lr.enabled",
@@ -695,6 +701,8 @@ def check_training(cfg: Config) -> None:
         f"trainer.optimizer.schedule={o.schedule} sets the rate at every step; turn reduce_lr off",
     )
     check_trainer(t)
+    if OmegaConf.get_type(cfg.model) is SmallCnnConfig:
+        _choice("model.pooling", cfg.model.pooling, SMALL_CNN_POOLINGS)
     minimum = min_image_size(cfg.model)
     _require(
         d.image_size >= minimum,

@@ -30,6 +30,9 @@ def test_nih_cpu_composes_and_passes_the_value_checks(compose_cfg):
         (["trainer.optimizer.schedule=cosine", "trainer.optimizer.warmup_epochs=10"], "warmup_epochs"),
         (["trainer.optimizer.warmup_epochs=-1"], "warmup_epochs"),
         (["trainer.optimizer.schedule=cosine", "callbacks.reduce_lr.enabled=true"], "reduce_lr"),
+        (["trainer.optimizer.ema=1.0"], "trainer.optimizer.ema"),
+        (["trainer.optimizer.ema=-0.5"], "trainer.optimizer.ema"),
+        (["model=small_cnn", "model.pooling=max"], "model.pooling"),
     ],
 )
 def test_schedule_values_are_checked(compose_cfg, overrides, key):
@@ -63,3 +66,33 @@ def test_zoom_is_part_of_the_augment_block_and_the_identity_at_inference():
     block = model.get_layer("augment")
     np.testing.assert_allclose(np.asarray(block(x, training=False)), x.astype("float32"))
     assert not np.allclose(np.asarray(block(x, training=True)), x.astype("float32"))
+
+
+@pytest.mark.backend
+def test_avgmax_pooling_sees_a_peak_that_averaging_dilutes():
+    cfg = OmegaConf.structured(SmallCnnConfig(filters=[4], dense_units=4, pooling="avgmax"))
+    model = build_model(cfg, 16, 3)
+    assert model.get_layer("gap_gmp").output.shape == (None, 8)  # 4 averaged + 4 maximal channels
+    assert model.predict(np.zeros((1, 16, 16, 1), "uint8"), verbose=0).shape == (1, 3)
+
+
+@pytest.mark.backend
+def test_ema_ends_fit_with_the_moving_average_of_the_weights():
+    """With momentum 0.5 the final weights are the average, not the last step's: a model trained by
+    the same steps without EMA ends elsewhere."""
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+
+    def trained(ema: float) -> np.ndarray:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(optimizer=build_optimizer(OptimizerConfig(learning_rate=0.1, ema=ema)), loss="bce")
+        optimizer = model.optimizer
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        if ema:
+            assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(ema)
+        return model.get_weights()[0]
+
+    assert not np.allclose(trained(0.5), trained(0.0))

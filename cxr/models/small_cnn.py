@@ -23,7 +23,10 @@ def build_small_cnn(cfg: SmallCnnConfig, x: keras.KerasTensor, num_classes: int)
         x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    pooled = layers.GlobalAveragePooling2D(name="gap")(x)
+    if cfg.pooling == "avgmax":  # a small nodule or mass is a peak that averaging over the chest dilutes
+        pooled = layers.Concatenate(name="gap_gmp")([pooled, layers.GlobalMaxPooling2D(name="gmp")(x)])
+    x = pooled
     x = layers.Dense(cfg.dense_units, activation="relu", kernel_regularizer=reg, name="dense")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     return layers.Dense(num_classes, activation="sigmoid", dtype="float32", name="predictions")(x)

@@ -19,25 +19,31 @@ OPTIMIZERS: Builders = Builders("optimizer")
 SCHEDULES: Builders = Builders("learning-rate schedule")
 
 
+def _ema(cfg: OptimizerConfig) -> dict:
+    """An exponential moving average of the weights, swapped in when `fit` ends: on a few hundred
+    images the last step's weights wander with each batch, and their average is the steadier model."""
+    return {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema else {}
+
+
 @OPTIMIZERS.register("adamw")
 def _adamw(cfg: OptimizerConfig, learning_rate) -> keras.optimizers.Optimizer:
     import keras  # heavy: only when built (cxr.config imports the registry at start-up)
 
-    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=cfg.weight_decay)
+    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=cfg.weight_decay, **_ema(cfg))
 
 
 @OPTIMIZERS.register("adam")
 def _adam(cfg: OptimizerConfig, learning_rate) -> keras.optimizers.Optimizer:
     import keras  # heavy: only when built (cxr.config imports the registry at start-up)
 
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+    return keras.optimizers.Adam(learning_rate=learning_rate, **_ema(cfg))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(cfg: OptimizerConfig, learning_rate) -> keras.optimizers.Optimizer:
     import keras  # heavy: only when built (cxr.config imports the registry at start-up)
 
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True, **_ema(cfg))
 
 
 @SCHEDULES.register("constant")
