@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
-from cxr.evaluation.member_selection import SELECTIONS
+from cxr.evaluation.member_selection import MEMBER_SETS, SELECTIONS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.evaluation.subgroups import ATTRIBUTES as SUBGROUP_ATTRIBUTES
 from cxr.runtime.errors import CxrError
@@ -415,6 +415,11 @@ class EnsembleConfig:
     # (Caruana et al. 2004) over every matching version, never worse than its best member there
     selection: str = "top_k"
     max_members: int = 10  # greedy: at most this many picks (a version picked twice weighs double)
+    # ranked: top_k/greedy above, on one shared split; folds: every matching version is one fold model of
+    # one configuration (dataset.split=kfold), validated out of fold, tested by the members' mean
+    members: str = "ranked"
+    parent_run: str | None = None  # only versions whose run is this run's child (a grid multirun's parent)
+    mixed_folds: bool = False  # folds: warn, not fail, on a missing or repeated fold or another config
 
 
 @dataclass
@@ -654,6 +659,14 @@ def check_ensemble(cfg: EnsembleConfig) -> None:
     """`cxr.ensemble`'s own values, before any model is loaded."""
     check_known_keys(cfg)
     _choice("selection", cfg.selection, list(SELECTIONS))
+    _choice("members", cfg.members, list(MEMBER_SETS))
+    folds = cfg.members == "folds"
+    _require(
+        not folds or cfg.selection == "top_k", "selection", cfg.selection, "members=folds takes every fold"
+    )
+    _require(
+        not folds or cfg.weights == "mean", "weights", cfg.weights, "members=folds weighs each fold equally"
+    )
     _require(_positive_int(cfg.top_k), "top_k", cfg.top_k, "give 1 or more members")
     _require(_positive_int(cfg.max_members), "max_members", cfg.max_members, "give 1 or more picks")
     _require(

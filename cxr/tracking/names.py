@@ -147,6 +147,9 @@ STATE_TAG = "optuna.state"  # a trial's run: COMPLETE, PRUNED or FAIL
 MODEL_SKIPPED_TAG = "cxr.model_skipped"  # why a sweep trial's run has no logged model
 REEVALUATED_TAG = "cxr.reevaluated_with"  # the model URI `cxr.evaluate` scored again
 MEMBERS_TAG = "cxr.members"  # an ensemble's run: its member versions ("3,1,4")
+PARENT_RUN_TAG = "mlflow.parentRunId"  # a grid or sweep child's parent run
+VALIDATION_TAG = "cxr.validation"  # a fold ensemble's run and version: out_of_fold (val/* are OOF scores)
+OUT_OF_FOLD = "out_of_fold"
 
 # ---------------------------------------------------------------- a sweep's parent run
 SWEEP_TAG = "cxr.sweep"  # "true" on every parent run
