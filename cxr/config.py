@@ -363,6 +363,10 @@ class OptunaJobConfig:
     trial_number: int | None = None  # the trial's number within its study
     parent_run_id: str | None = None  # the sweep's MLflow parent run
     keep_models: int | None = None  # log the model only if the trial ranks among the best N so far
+    # set by the user (or a sweep config), not the sweeper: 0 trains one model per job; K >= 2 trains one
+    # per fold (dataset.split=kfold, dataset.folds=K) and the job returns the mean of their
+    # optimized_metric; a sweep's pruner then sees the running mean after each fold, not each epoch
+    cv_folds: int = 0
 
 
 # ---------------------------------------------------------------- top level
@@ -716,6 +720,16 @@ def check_training(cfg: Config) -> None:
         f"model {cfg.model.name} needs at least {minimum} pixels a side",
     )
     check_dataset(d)
+    k = cfg.optuna.cv_folds
+    _require(
+        k == 0 or (_positive_int(k) and k >= 2), "optuna.cv_folds", k, "give 0 (one model) or 2 or more folds"
+    )
+    _require(
+        k == 0 or d.split in ("official", "kfold"),
+        "dataset.split",
+        d.split,
+        "optuna.cv_folds folds the official train_val list: use dataset.split=kfold (or official)",
+    )
     check_callbacks(cfg.callbacks)
     check_evaluation(cfg.evaluation)
 
