@@ -131,6 +131,9 @@ def test_fold_ensemble_validates_out_of_fold_and_tests_on_the_members_mean(folds
         .isin(["val", "test"])
         .all()
     )
+    # re-scoring the whole ensemble on train_val would score images its members trained on: refused
+    again = run_cli("cxr.evaluate", f"model_uri=models:/{NAME}/{version}", f"tracking.uri={uri}")
+    assert again.returncode == 2 and "fold ensemble" in again.stderr, again.stderr[-2000:]
 
 
 def member(version: str, fold: int, images: list[str], folds: int = 3, seed: int = 42) -> FoldMember:
