@@ -89,13 +89,17 @@ def _cross_validate(cfg: Config, overrides: list[str], parent_run_id: str | None
             fold_cfg = fold_config(cfg, fold, run.run_id)
             values.append(_train_one(fold_cfg, [*overrides, f"dataset.fold={fold}"], run.run_id))
             mean = report_fold(run, reporter, cfg.optimized_metric, values)
-    except BaseException:
+    except BaseException as err:  # a fold's own run has ended already; the job's ends the same way
         if run.client.get_run(run.run_id).info.status == "RUNNING":
-            run.client.set_terminated(run.run_id, "FAILED")
+            run.client.set_terminated(
+                run.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            )
         raise
+    finally:
+        if reporter is not None:  # the trial names this run, not its last fold's
+            reporter.record_run(run.run_id)
     run.client.log_metric(run.run_id, cfg.optimized_metric, mean)
     if reporter is not None:
-        reporter.record_run(run.run_id)  # the sweep's best trial names this run, not its last fold's
         run.client.set_tag(run.run_id, mn.STATE_TAG, "COMPLETE")
     run.finish()
     folds = ", ".join(f"{v:.4f}" for v in values)

@@ -9,6 +9,7 @@ and test are evaluated with the same metrics, intervals and plots as a training 
 (in the members' experiment unless `tracking.experiment_name` is given) holds the members, a
 per-disease table of each member beside the ensemble, and the ensemble as a registered cxr pyfunc.
 When the ensemble does not beat its best member on validation, it says so instead of "Promote it".
+`members=folds` (`cxr.evaluation.fold_ensemble`) shares the selection filters, loading and recording.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
+from cxr.runtime.masking import mask
 from cxr.sweep.parent_run import ParentRun
 from cxr.tracking import names as metric_names
 
@@ -32,18 +33,26 @@ def fold_config(cfg: Config, fold: int, parent_run_id: str) -> DictConfig:
     out.output_dir = f"{cfg.output_dir}/fold{fold}"
     if cfg.optuna.trial_id is not None:
         out.optuna.parent_run_id = parent_run_id
-        out.tracking.run_name = f"{cfg.optuna.study_name}-trial-{cfg.optuna.trial_number}-fold{fold}"
+    base = job_name(cfg)
+    if base:  # a given name (a trial's, or tracking.run_name) would repeat: each fold gets its own
+        out.tracking.run_name = f"{base}-fold{fold}"
     return out
+
+
+def job_name(cfg: Config) -> str | None:
+    """The name the job's runs start from: a trial's `<study>-trial-<n>`, else `tracking.run_name`."""
+    if cfg.optuna.trial_id is not None:
+        return f"{cfg.optuna.study_name}-trial-{cfg.optuna.trial_number}"
+    return cfg.tracking.run_name or None
 
 
 def open_run(cfg: Config, overrides: list[str], parent_run_id: str | None) -> ParentRun:
     """The job's own run (no model: its children are the folds), a child of the sweep's or the grid's."""
     parent = cfg.optuna.parent_run_id or parent_run_id
     trial = cfg.optuna.trial_id is not None
-    name = f"{cfg.optuna.study_name}-trial-{cfg.optuna.trial_number}" if trial else "cv"
     tags = {
         metric_names.CV_FOLDS_TAG: str(cfg.optuna.cv_folds),
-        metric_names.OVERRIDES_TAG: " ".join(overrides),
+        metric_names.OVERRIDES_TAG: mask(" ".join(overrides)),
     }
     if parent:
         tags[metric_names.PARENT_RUN_TAG] = parent
@@ -52,9 +61,7 @@ def open_run(cfg: Config, overrides: list[str], parent_run_id: str | None) -> Pa
             metric_names.STUDY_TAG: str(cfg.optuna.study_name),
             metric_names.TRIAL_TAG: str(cfg.optuna.trial_number),
         }
-    return ParentRun.create(
-        cfg.tracking, name=f"{cfg.tracking.run_name or name}-cv{cfg.optuna.cv_folds}", tags=tags
-    )
+    return ParentRun.create(cfg.tracking, name=f"{job_name(cfg) or 'cv'}-cv{cfg.optuna.cv_folds}", tags=tags)
 
 
 def report_fold(run: ParentRun, reporter: TrialReporter | None, metric: str, values: list[float]) -> float:
