@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cxr.data.splits import SPLIT_METHODS, valid_fractions
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
-from cxr.evaluation.member_selection import SELECTIONS
+from cxr.evaluation.member_selection import MEMBER_SETS, SELECTIONS
 from cxr.evaluation.scoring import THRESHOLD_METHODS
 from cxr.evaluation.subgroups import ATTRIBUTES as SUBGROUP_ATTRIBUTES
 from cxr.runtime.errors import CxrError
@@ -368,6 +368,10 @@ class OptunaJobConfig:
     trial_number: int | None = None  # the trial's number within its study
     parent_run_id: str | None = None  # the sweep's MLflow parent run
     keep_models: int | None = None  # log the model only if the trial ranks among the best N so far
+    # set by the user (or a sweep config), not the sweeper: 0 trains one model per job; K >= 2 trains one
+    # per fold (dataset.split=kfold, dataset.folds=K) and the job returns the mean of their
+    # optimized_metric; a sweep's pruner then sees the running mean after each fold, not each epoch
+    cv_folds: int = 0
 
 
 # ---------------------------------------------------------------- top level
@@ -420,6 +424,11 @@ class EnsembleConfig:
     # (Caruana et al. 2004) over every matching version, never worse than its best member there
     selection: str = "top_k"
     max_members: int = 10  # greedy: at most this many picks (a version picked twice weighs double)
+    # ranked: top_k/greedy above, on one shared split; folds: every matching version is one fold model of
+    # one configuration (dataset.split=kfold), validated out of fold, tested by the members' mean
+    members: str = "ranked"
+    parent_run: str | None = None  # only versions whose run is this run's child (a grid multirun's parent)
+    mixed_folds: bool = False  # folds: warn, not fail, on a missing or repeated fold or another config
 
 
 @dataclass
@@ -659,6 +668,14 @@ def check_ensemble(cfg: EnsembleConfig) -> None:
     """`cxr.ensemble`'s own values, before any model is loaded."""
     check_known_keys(cfg)
     _choice("selection", cfg.selection, list(SELECTIONS))
+    _choice("members", cfg.members, list(MEMBER_SETS))
+    folds = cfg.members == "folds"
+    _require(
+        not folds or cfg.selection == "top_k", "selection", cfg.selection, "members=folds takes every fold"
+    )
+    _require(
+        not folds or cfg.weights == "mean", "weights", cfg.weights, "members=folds weighs each fold equally"
+    )
     _require(_positive_int(cfg.top_k), "top_k", cfg.top_k, "give 1 or more members")
     _require(_positive_int(cfg.max_members), "max_members", cfg.max_members, "give 1 or more picks")
     _require(
@@ -711,6 +728,16 @@ def check_training(cfg: Config) -> None:
         f"model {cfg.model.name} needs at least {minimum} pixels a side",
     )
     check_dataset(d)
+    k = cfg.optuna.cv_folds
+    _require(
+        k == 0 or (_positive_int(k) and k >= 2), "optuna.cv_folds", k, "give 0 (one model) or 2 or more folds"
+    )
+    _require(
+        k == 0 or d.split in ("official", "kfold"),
+        "dataset.split",
+        d.split,
+        "optuna.cv_folds folds the official train_val list: use dataset.split=kfold (or official)",
+    )
     check_callbacks(cfg.callbacks)
     check_evaluation(cfg.evaluation)
 

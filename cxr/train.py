@@ -64,10 +64,53 @@ def train(cfg: Config, overrides: list[str] | None = None, parent_run_id: str | 
 
     As a sweep trial (`cfg.optuna`, set by the sweeper) the run is a child of the sweep's parent run,
     reports each epoch to its Optuna trial, and raises optuna.TrialPruned when the pruner stops it.
-    In a grid multirun the run is a child of the grid's parent run (`parent_run_id`).
+    In a grid multirun the run is a child of the grid's parent run (`parent_run_id`). With
+    `optuna.cv_folds=K`, one run per fold under one run of the job's, returning the folds' mean.
     """
     check_training(cfg)  # every value, before any data is read or model built
     check_optimized_metric(cfg.optimized_metric)
+    if cfg.optuna.cv_folds:
+        return _cross_validate(cfg, overrides or [], parent_run_id)
+    return _train_one(cfg, overrides, parent_run_id)
+
+
+def _cross_validate(cfg: Config, overrides: list[str], parent_run_id: str | None) -> float:
+    """One model per fold (`cxr.sweep.cross_validation`), each run a child of the job's own run, which
+    logs each fold's value (`cv/<metric>`, step: the fold) and their mean as `optimized_metric`; a trial's
+    pruner sees the running mean after each fold. Returns the mean."""
+    from cxr.sweep.cross_validation import fold_config, open_run, report_fold
+    from cxr.sweep.reporter import open_reporter
+
+    reporter = open_reporter(cfg.optuna)
+    run = open_run(cfg, overrides, parent_run_id)
+    values: list[float] = []
+    try:
+        for fold in range(cfg.optuna.cv_folds):
+            fold_cfg = fold_config(cfg, fold, run.run_id)
+            values.append(_train_one(fold_cfg, [*overrides, f"dataset.fold={fold}"], run.run_id))
+            mean = report_fold(run, reporter, cfg.optimized_metric, values)
+    except BaseException as err:  # a fold's own run has ended already; the job's ends the same way
+        if run.client.get_run(run.run_id).info.status == "RUNNING":
+            run.client.set_terminated(
+                run.run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            )
+        raise
+    finally:
+        if reporter is not None:  # the trial names this run, not its last fold's
+            reporter.record_run(run.run_id)
+    run.client.log_metric(run.run_id, cfg.optimized_metric, mean)
+    if reporter is not None:
+        run.client.set_tag(run.run_id, mn.STATE_TAG, "COMPLETE")
+    run.finish()
+    folds = ", ".join(f"{v:.4f}" for v in values)
+    log.info(
+        f"{cfg.optimized_metric}: mean {mean:.4f} over {len(values)} folds ({folds}); MLflow run {run.run_id}"
+    )
+    return mean
+
+
+def _train_one(cfg: Config, overrides: list[str] | None, parent_run_id: str | None) -> float:
+    """One model: `train` without the checks and the cross-validation."""
     from cxr.tracking import runs as tracking  # MLflow: the store's check before the heavy imports
 
     tracking.check_store(cfg.tracking)  # a read-only store fails now, not after the data is prepared

@@ -207,34 +207,37 @@ def test_a_trial_logs_its_model_only_while_it_ranks_among_the_best_kept(tmp_path
             assert skipped == "ranked below the study's best 1 trials"
 
 
+# one trial against a median pruner that judges from the first step (`pruned_at_first_step`)
+PRUNE_FIRST = [
+    "hydra/sweeper=cxr_optuna",
+    "model.dropout=interval(0.1,0.3)",
+    "hydra.sweeper.n_trials=1",
+    "hydra.sweeper.pruner.n_startup_trials=1",
+    "hydra.sweeper.pruner.n_warmup_steps=0",
+]
+
+
+def pruned_at_first_step(tmp, data, name: str, *extra: str) -> str:
+    """One trial swept (`extra` added) in a study whose finished trial reported a perfect AUC at steps 0
+    and 1, so the new one trails its median: asserts the trial was PRUNED after step 0; the stdout."""
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp}/optuna.db", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={0: 1.0, 1: 1.0}))
+    out = run_cli("cxr.train", *sweep_args(tmp, data, name, *PRUNE_FIRST, *extra))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trial = load(tmp, name).trials[1]
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    return out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.backend
 def test_a_trial_the_pruner_stops_is_pruned_in_optuna_and_mlflow(tmp_path, data_root):
-    """A finished trial that reported a perfect AUC every epoch: any real trial trails its median."""
-    study = optuna.create_study(
-        study_name="prune", storage=f"sqlite:///{tmp_path}/optuna.db", direction="maximize"
-    )
-    study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={0: 1.0, 1: 1.0}))
-    args = sweep_args(
-        tmp_path,
-        data_root,
-        "prune",
-        "hydra/sweeper=cxr_optuna",
-        "model.dropout=interval(0.1,0.3)",
-        "hydra.sweeper.n_trials=1",
-        "hydra.sweeper.pruner.n_startup_trials=1",
-        "hydra.sweeper.pruner.n_warmup_steps=0",
-        *REGISTER,
-    )
-    out = run_cli("cxr.train", *args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    trial = load(tmp_path, "prune").trials[1]
-    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    stdout = pruned_at_first_step(tmp_path, data_root, "prune", *REGISTER)
     _, (child,) = runs(tmp_path)
     assert child.data.tags["optuna.state"] == "PRUNED" and child.info.status == "KILLED"
     assert child.data.metrics[mn.EPOCHS_TRAINED] == 1 and "test/auc_mean" not in child.data.metrics
     assert child.data.metrics[mn.PRUNED_AT_EPOCH] == 0
-    assert "trial 1 pruned" in out.stdout
+    assert "trial 1 pruned" in stdout
     assert registered_runs(tmp_path) == []  # a pruned trial never becomes a model version
 
 

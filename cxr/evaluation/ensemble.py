@@ -9,12 +9,13 @@ and test are evaluated with the same metrics, intervals and plots as a training 
 (in the members' experiment unless `tracking.experiment_name` is given) holds the members, a
 per-disease table of each member beside the ensemble, and the ensemble as a registered cxr pyfunc.
 When the ensemble does not beat its best member on validation, it says so instead of "Promote it".
+`members=folds` (`cxr.evaluation.fold_ensemble`) shares the selection filters, loading and recording.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,13 +23,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from cxr.data.prepared import relocated
+from cxr.data.prepared import PreparedData, relocated
 from cxr.data.splits import write_split_csv
 from cxr.evaluation.box_localisation import images_of, localise_and_log
 from cxr.evaluation.member_selection import SELECTIONS, WEIGHTINGS, pool_size, verdict
 from cxr.evaluation.report import (
+    Evaluation,
     evaluate_calibrated,
     evaluate_predictions,
     log_evaluation,
@@ -47,18 +49,19 @@ from cxr.tracking.names import (
     MEMBERS_TAG,
     MEMBERS_VERSION_TAG,
     MODEL_KIND_TAG,
+    PARENT_RUN_TAG,
     SPLIT_ARTIFACT,
     SPLIT_DIGEST_TAG,
     per_disease_table,
 )
 
 if TYPE_CHECKING:
-    from cxr.config import EnsembleConfig
+    from cxr.config import DatasetConfig, EnsembleConfig
 
 
-def select_members(client: MlflowClient, cfg: EnsembleConfig) -> list[versions.Candidate]:
-    """The candidates: the top K single-model versions by validation AUC (`selection=top_k`), or every
-    matching one (`greedy`), all scored on one split."""
+def matching_versions(client: MlflowClient, cfg: EnsembleConfig) -> list[versions.Candidate]:
+    """Every single-model version that `study`, `experiment`, `tags` and `parent_run` let through, best
+    validation AUC first; none is an error saying what was asked for."""
     ranked = versions.ranked_versions(
         client,
         cfg.model_name,
@@ -67,12 +70,24 @@ def select_members(client: MlflowClient, cfg: EnsembleConfig) -> list[versions.C
         kind="single",
         tags=dict(cfg.tags or {}),
     )
+    if cfg.parent_run:
+        ranked = [
+            c for c in ranked if client.get_run(c.run_id).data.tags.get(PARENT_RUN_TAG) == cfg.parent_run
+        ]
     if not ranked:
+        asked = (("study", cfg.study), ("experiment", cfg.experiment), ("parent_run", cfg.parent_run))
         raise CxrError(
             f"no version of {cfg.model_name!r} matches (kind single, with a {versions.RANK_METRIC} tag"
-            + "".join(f", {k}={v}" for k, v in (("study", cfg.study), ("experiment", cfg.experiment)) if v)
+            + "".join(f", {k}={v}" for k, v in asked if v)
             + "); train with tracking.registered_model_name set"
         )
+    return ranked
+
+
+def select_members(client: MlflowClient, cfg: EnsembleConfig) -> list[versions.Candidate]:
+    """The candidates: the top K single-model versions by validation AUC (`selection=top_k`), or every
+    matching one (`greedy`), all scored on one split."""
+    ranked = matching_versions(client, cfg)
     members = ranked[: pool_size(cfg)]
     if cfg.selection == "top_k" and len(members) < cfg.top_k:
         log.warning(f"cxr: warning: only {len(members)} version(s) match; the ensemble has {len(members)}")
@@ -95,9 +110,91 @@ def side_by_side(member_tables: dict[str, pd.DataFrame], ensemble: pd.DataFrame)
     return pd.concat(parts, axis=1)
 
 
+def load_members(candidates: list[versions.Candidate], cfg: EnsembleConfig) -> list[pyfunc.CxrModel]:
+    """Each candidate's model; all single models predicting one pathology list."""
+    loaded = [pyfunc.load(c.uri, cfg.tracking.trusted_imports) for c in candidates]
+    if any(m.pathologies != loaded[0].pathologies for m in loaded):
+        raise CxrError("ensemble members predict different pathology lists")
+    if any(len(m.members) != 1 for m in loaded):
+        raise CxrError("ensemble members must be single models (cxr.kind=single)")
+    return loaded
+
+
 def members_experiment(client: MlflowClient, run_id: str) -> str:
     """The name of the experiment a member's training run is in: where its ensemble goes by default."""
     return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What an ensemble's run records: the model and its spec, its evaluation, the data and split it was
+    scored on, its member versions and the run's name."""
+
+    model: pyfunc.CxrModel
+    spec: pyfunc.ModelSpec
+    evaluation: Evaluation
+    data: PreparedData
+    dataset: DatasetConfig
+    logged_split: pd.DataFrame
+    candidates: list[versions.Candidate]
+    run_name: str
+
+
+def record(
+    cfg: EnsembleConfig,
+    client: MlflowClient,
+    r: Recording,
+    member_tables: dict[str, dict[str, pd.DataFrame]],
+    tags: dict[str, str] | None = None,
+) -> tuple[Evaluation, str, str, DictConfig]:
+    """One MLflow run for the ensemble (beside its members unless `tracking.experiment_name` is given):
+    members, split, evaluation, localisation, each member's per-disease table beside the ensemble's
+    (`member_tables`: column label -> split -> table), the registered model and its report card.
+    Returns (the evaluation with localisation, the run id, the registered version, the logged config)."""
+    candidates, data, spec, evaluation = r.candidates, r.data, r.spec, r.evaluation
+    logged_cfg = OmegaConf.create(
+        {
+            **OmegaConf.to_container(cfg, resolve=True),
+            "dataset": OmegaConf.to_container(r.dataset, resolve=True),
+        }
+    )
+    if not logged_cfg.tracking.experiment_name:  # beside its members, unless given
+        logged_cfg.tracking.experiment_name = members_experiment(client, candidates[0].run_id)
+    name = cfg.ensemble_name or cfg.model_name
+    extra = dict(tags or {})
+    with runs.tracked_run(logged_cfg, [], run_name=r.run_name) as run_id:
+        mlflow.set_tags(
+            {MODEL_KIND_TAG: "ensemble", MEMBERS_TAG: ",".join(c.version for c in candidates), **extra}
+        )
+        mlflow.log_params({f"member.{i}.version": c.version for i, c in enumerate(candidates)})
+        mlflow.log_params({f"member.{i}.run_id": c.run_id for i, c in enumerate(candidates)})
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.log_artifact(str(write_split_csv(data.table, Path(folder) / SPLIT_ARTIFACT)))
+        log_dataset_inputs(data, r.dataset.name)
+        log_evaluation(evaluation, cfg.evaluation.plots)
+        source = {"logged_split": r.logged_split, "split_source": f"run {candidates[0].run_id}"}
+        images_at = images_of(data, r.dataset, **source)
+        located = localise_and_log(r.model.members, spec.weights, images_at, data, cfg.evaluation)
+        evaluation = replace(evaluation, metrics={**evaluation.metrics, **located})
+        for split in evaluation.tables:
+            table = side_by_side({k: t[split] for k, t in member_tables.items()}, evaluation.tables[split])
+            mlflow.log_text(
+                table.to_csv(float_format="%.6g"), per_disease_table(split, "members_per_disease")
+            )
+        members = ",".join(f"{cfg.model_name}/{c.version}" for c in candidates)
+        info = log_and_register(
+            r.model.members,
+            spec,
+            evaluation,
+            data,
+            logged_cfg.tracking,
+            name,
+            extra_tags={MEMBERS_VERSION_TAG: members, **extra},
+        )
+        write_card(
+            evaluation, {"version": f"models:/{name}/{info.registered_model_version}", "members": members}
+        )
+    return evaluation, run_id, str(info.registered_model_version), logged_cfg
 
 
 def build(cfg: EnsembleConfig) -> dict[str, float]:
@@ -111,11 +208,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
     client = MlflowClient(cfg.tracking.uri)
     mlflow.set_tracking_uri(cfg.tracking.uri)
     candidates = select_members(client, cfg)
-    loaded = [pyfunc.load(c.uri, cfg.tracking.trusted_imports) for c in candidates]
-    if any(m.pathologies != loaded[0].pathologies for m in loaded):
-        raise CxrError("ensemble members predict different pathology lists")
-    if any(len(m.members) != 1 for m in loaded):
-        raise CxrError("ensemble members must be single models (cxr.kind=single)")
+    loaded = load_members(candidates, cfg)
     run_cfg, logged_split = runs.logged_run_inputs(candidates[0].run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     # every candidate scored once on validation and test: selection reads validation, the report both
@@ -164,49 +257,17 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
         preds = {s: Predictions(predictions[s].labels, scores[s], predictions[s].patients) for s in splits}
         member_tables[c.version] = evaluate_predictions(preds, cfg.evaluation, data.pathologies).tables
 
-    logged_cfg = OmegaConf.create(
-        {
-            **OmegaConf.to_container(cfg, resolve=True),
-            "dataset": OmegaConf.to_container(dataset, resolve=True),
-        }
-    )
-    if not logged_cfg.tracking.experiment_name:  # beside its members, unless given
-        logged_cfg.tracking.experiment_name = members_experiment(client, candidates[0].run_id)
     name = cfg.ensemble_name or cfg.model_name
     label = f"top{len(candidates)}" if cfg.selection == "top_k" else f"greedy{len(candidates)}"
-    with runs.tracked_run(logged_cfg, [], run_name=f"ensemble-{name}-{label}") as run_id:
-        mlflow.set_tags({MODEL_KIND_TAG: "ensemble", MEMBERS_TAG: ",".join(c.version for c in candidates)})
-        mlflow.log_params({f"member.{i}.version": c.version for i, c in enumerate(candidates)})
-        mlflow.log_params({f"member.{i}.run_id": c.run_id for i, c in enumerate(candidates)})
-        with tempfile.TemporaryDirectory() as folder:
-            mlflow.log_artifact(str(write_split_csv(data.table, Path(folder) / SPLIT_ARTIFACT)))
-        log_dataset_inputs(data, dataset.name)
-        log_evaluation(evaluation, cfg.evaluation.plots)
-        source = {"logged_split": logged_split, "split_source": f"run {candidates[0].run_id}"}
-        images_at = images_of(data, dataset, **source)
-        located = localise_and_log(model.members, spec.weights, images_at, data, cfg.evaluation)
-        evaluation = replace(evaluation, metrics={**evaluation.metrics, **located})
-        for split in splits:
-            table = side_by_side(
-                {f"v{v}": t[split] for v, t in member_tables.items()}, evaluation.tables[split]
-            )
-            mlflow.log_text(
-                table.to_csv(float_format="%.6g"), per_disease_table(split, "members_per_disease")
-            )
-        members = ",".join(f"{cfg.model_name}/{c.version}" for c in candidates)
-        info = log_and_register(
-            model.members,
-            spec,
-            evaluation,
-            data,
-            logged_cfg.tracking,
-            name,
-            extra_tags={MEMBERS_VERSION_TAG: members},
-        )
-        write_card(
-            evaluation, {"version": f"models:/{name}/{info.registered_model_version}", "members": members}
-        )
-
+    recorded = record(
+        cfg,
+        client,
+        Recording(
+            model, spec, evaluation, data, dataset, logged_split, candidates, f"ensemble-{name}-{label}"
+        ),
+        {f"v{v}": t for v, t in member_tables.items()},
+    )
+    evaluation, run_id, version, logged_cfg = recorded
     metrics = evaluation.metrics
     how = f"{cfg.weights} weights" if cfg.selection == "top_k" else f"greedy selection, {sum(picks)} picks"
     log.info(f"\nEnsemble of {len(candidates)} version(s) of {cfg.model_name!r} ({how}):")
@@ -216,7 +277,6 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             f"  version {c.version}: validation mean AUC {v:.4f}, weight {w:.3f}{picked}, run {c.run_id}"
         )
     log.info(f"ensemble {validation_and_test_line(metrics, cfg.evaluation.bootstrap.confidence)}")
-    version = info.registered_model_version
     where = f"experiment {logged_cfg.tracking.experiment_name!r}"
     log.info(f"registered as models:/{name}/{version} (MLflow run {run_id}, {where})")
     warning = verdict(metrics[versions.RANK_METRIC], best_val, best_version, cfg.model_name, cfg.selection)

@@ -24,7 +24,7 @@ from cxr.runtime.errors import CxrError
 from cxr.serving import pyfunc
 from cxr.serving.inference import predict_model_splits
 from cxr.tracking import runs
-from cxr.tracking.names import REEVALUATED_TAG
+from cxr.tracking.names import OUT_OF_FOLD, REEVALUATED_TAG, VALIDATION_TAG
 
 if TYPE_CHECKING:
     from cxr.config import EvaluateConfig
@@ -62,7 +62,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     if cfg.split not in SPLIT_NAMES:
         raise CxrError(f"split={cfg.split!r}: choose one of {', '.join(SPLIT_NAMES)}")
     mlflow.set_tracking_uri(cfg.tracking.uri)
-    run_id, model_uri = resolve_model(MlflowClient(cfg.tracking.uri), cfg.run_id, cfg.model_uri)
+    client = MlflowClient(cfg.tracking.uri)
+    run_id, model_uri = resolve_model(client, cfg.run_id, cfg.model_uri)
+    if client.get_run(run_id).data.tags.get(VALIDATION_TAG) == OUT_OF_FOLD:
+        raise CxrError(
+            f"run {run_id} is a fold ensemble (cxr.ensemble members=folds): its validation is out of fold, "
+            "and the whole ensemble on train_val would score images its members trained on; its run holds "
+            "the out-of-fold and test numbers already, and each member re-evaluates on its own run"
+        )
     run_cfg, logged_split = runs.logged_run_inputs(run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     model = pyfunc.load(model_uri, cfg.tracking.trusted_imports)

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from cxr.config import EnsembleConfig
 
 WEIGHTINGS = ("mean", "val_auc")
+# `members=`: which versions make an ensemble -> the module whose `build(cfg)` builds it. ranked: the
+# top_k or greedy selection by validation AUC, scored on one shared split; folds: the fold models of one
+# configuration (dataset.split=kfold), validated out of fold (cxr.evaluation.fold_ensemble)
+MEMBER_SETS = {"ranked": "cxr.evaluation.ensemble", "folds": "cxr.evaluation.fold_ensemble"}
 
 
 def member_weights(scores: Sequence[float], method: str) -> list[float]:

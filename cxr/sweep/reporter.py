@@ -41,6 +41,8 @@ class TrialReporter:
         self.parent_run_id: str | None = cfg_optuna.parent_run_id
         self.keep_models: int | None = cfg_optuna.keep_models
         self.pruned_at: int | None = None  # the epoch after which the pruner stopped training
+        # a cross-validated job reports the running mean after each fold instead (cxr.sweep.cross_validation)
+        self.per_epoch: bool = not cfg_optuna.cv_folds
 
     def callback(self) -> keras.callbacks.Callback:
         """A Keras callback: report the monitored metric each epoch; stop training when pruned."""
@@ -48,6 +50,8 @@ class TrialReporter:
 
         class OptunaPruning(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                if not owner.per_epoch:
+                    return
                 logs = logs or {}
                 key = metric_names.to_keras(owner.monitor)  # Keras's log key of e.g. val/auc
                 if key not in logs:

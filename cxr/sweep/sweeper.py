@@ -231,6 +231,11 @@ class CxrOptunaSweeper(Sweeper):
             s.trial_evaluation, cfg.evaluation, given
         ):
             return
+        if cfg.optuna.cv_folds:  # a trial's run holds its folds' runs, each evaluated already
+            print(
+                "[cxr sweep] optuna.cv_folds: each trial is a mean over fold runs; re-evaluate a fold's run"
+            )
+            return
         chosen = best.best_trials(study, s.trial_evaluation.best_trials, s.direction)
         if chosen and not cfg.tracking.log_model:
             print("[cxr sweep] tracking.log_model=false: no model to re-evaluate with intervals and plots")

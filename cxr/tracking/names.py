@@ -54,6 +54,12 @@ def timing(phase: str) -> str:
     return f"time{SEP}{phase}_s"
 
 
+def per_fold(metric: str) -> str:
+    """`cv/val/auc_mean`: a cross-validated job's fold values of `metric` (step: the fold); the job's run
+    logs the mean under `metric` itself."""
+    return f"cv{SEP}{metric}"
+
+
 def trials(state: str) -> str:
     """`sweep/trials_complete`: a sweep's trial count in one state."""
     return f"sweep{SEP}trials_{state}"
@@ -147,6 +153,10 @@ STATE_TAG = "optuna.state"  # a trial's run: COMPLETE, PRUNED or FAIL
 MODEL_SKIPPED_TAG = "cxr.model_skipped"  # why a sweep trial's run has no logged model
 REEVALUATED_TAG = "cxr.reevaluated_with"  # the model URI `cxr.evaluate` scored again
 MEMBERS_TAG = "cxr.members"  # an ensemble's run: its member versions ("3,1,4")
+CV_FOLDS_TAG = "cxr.cv_folds"  # a cross-validated job's run: how many fold runs are its children
+PARENT_RUN_TAG = "mlflow.parentRunId"  # a grid or sweep child's parent run
+VALIDATION_TAG = "cxr.validation"  # a fold ensemble's run and version: out_of_fold (val/* are OOF scores)
+OUT_OF_FOLD = "out_of_fold"
 
 # ---------------------------------------------------------------- a sweep's parent run
 SWEEP_TAG = "cxr.sweep"  # "true" on every parent run
