@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+IDENTITY = (1.0, 0.0, 0.0, False)  # (zoom, row shift, column shift, mirrored) of the image itself
 SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (rows, columns) in units of the shift: up, down, left, right
 
 
@@ -58,7 +59,7 @@ class Views:
     def transforms(self) -> list[tuple[float, float, float, bool]]:
         """(zoom, row shift, column shift, mirrored) of each view, shifts as shares of the side; first the
         identity."""
-        out = [(1.0, 0.0, 0.0, False)]
+        out = [IDENTITY]
         if self.shift_fraction > 0:
             out += [(1.0, dy * self.shift_fraction, dx * self.shift_fraction, False) for dy, dx in SHIFTS]
         if self.zoom_fraction > 0:
@@ -98,27 +99,39 @@ class Views:
         pixels = batch.astype(np.float32)
         out = np.empty((self.count, *batch.shape), np.uint8)
         for i, (zoom, dy, dx, mirrored) in enumerate(self.transforms):
-            rows, cols = _sampling(height, zoom, dy), _sampling(width, zoom, dx)
-            if mirrored:
-                cols = cols[::-1]
-            view = np.einsum("ih,nhw...->niw...", rows, pixels)
-            view = np.einsum("jw,niw...->nij...", cols, view)
+            if (zoom, dy, dx, mirrored) == IDENTITY:
+                out[i] = batch
+                continue
+            view = _resample(pixels, 1, _taps(height, zoom, dy))
+            view = _resample(view, 2, _taps(width, zoom, dx, mirrored))
             out[i] = np.clip(np.rint(view), 0, 255)
         return out
 
 
-def _sampling(side: int, zoom: float, shift: float) -> np.ndarray:
-    """(side, side) weights of bilinear sampling along one axis: output pixel i reads the input at
-    centre + (i - centre) / zoom - shift * side; positions outside the image read black (weight 0)."""
+def _taps(
+    side: int, zoom: float, shift: float, mirrored: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Bilinear sampling along one axis, as two (index, weight) taps per output pixel: pixel i reads the
+    input at centre + (i - centre) / zoom - shift * side (mirrored: counted from the other end); a tap
+    outside the image weighs 0 (black)."""
     centre = (side - 1) / 2
     source = centre + (np.arange(side) - centre) / zoom - shift * side
+    if mirrored:
+        source = source[::-1]
     low = np.floor(source).astype(int)
     frac = (source - low).astype(np.float32)
-    weights = np.zeros((side, side), np.float32)
+    taps = []
     for index, weight in ((low, 1.0 - frac), (low + 1, frac)):
-        inside = (index >= 0) & (index < side) & (weight > 0)
-        weights[np.nonzero(inside)[0], index[inside]] += weight[inside]
-    return weights
+        inside = (index >= 0) & (index < side)
+        taps.append((np.clip(index, 0, side - 1), np.where(inside, weight, 0.0).astype(np.float32)))
+    return taps
+
+
+def _resample(pixels: np.ndarray, axis: int, taps: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`pixels` resampled along `axis` (1: rows, 2: columns) by the taps' weighted sum."""
+    shape = [1] * pixels.ndim
+    shape[axis] = -1
+    return sum(np.take(pixels, index, axis=axis) * weight.reshape(shape) for index, weight in taps)
 
 
 NO_VIEWS = Views()  # the image alone: no test-time augmentation
