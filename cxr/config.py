@@ -248,6 +248,17 @@ class SubgroupsConfig:
 
 
 @dataclass
+class TtaConfig:
+    """Test-time augmentation: probabilities averaged over fixed views of each image (cxr.data.tta)."""
+
+    # true: on; false: off; null: off in training, a logged model's own setting in cxr.evaluate/cxr.predict
+    enabled: bool | None = None
+    shift_fraction: float = 0.03  # 4 views moved up, down, left, right by this share of the side; 0: none
+    zoom_fraction: float = 0.0  # 2 views zoomed in and out by this share; 0: none
+    horizontal_flip: bool = False  # a mirrored view: opt-in only, anatomy is not left-right symmetric
+
+
+@dataclass
 class EvaluationConfig:
     # decision threshold of the per-epoch recall, precision, specificity, NPV, F1 and Hamming loss
     threshold: float = 0.5
@@ -264,6 +275,8 @@ class EvaluationConfig:
     # none, temperature or isotonic: a calibrator per finding fitted on validation, stored in the logged
     # model and applied wherever it predicts (cxr.predict, serving, cxr.evaluate); training runs only
     calibration: str = "none"
+    # validation and test scored over test-time views; the model keeps the setting and predicts with it
+    tta: TtaConfig = field(default_factory=TtaConfig)
 
 
 # ---------------------------------------------------------------- trainer
@@ -477,6 +490,7 @@ class PredictConfig:
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused, from their header, before decoding
     # the thresholds findings use: spec90, sens95, ... (the model's points at a target); null: validation's
     operating_point: str | None = None
+    tta: TtaConfig = field(default_factory=TtaConfig)  # enabled null: the test-time views the model carries
 
 
 @dataclass
@@ -549,6 +563,26 @@ def check_evaluation(cfg: EvaluationConfig) -> None:
     _require(_positive_int(cfg.batch_size), "evaluation.batch_size", cfg.batch_size, "give 1 or more")
     check_localisation(cfg.localisation)
     check_evidence(cfg)
+    check_tta(cfg.tta, "evaluation.tta")
+
+
+def check_tta(cfg: TtaConfig, key: str) -> None:
+    """Test-time views: the switch, shares of the side in [0, 0.5), a view besides the image itself."""
+    _choice(f"{key}.enabled", cfg.enabled, (None, True, False))
+    for name in ("shift_fraction", "zoom_fraction"):
+        value = cfg[name]
+        _require(
+            0.0 <= value < 0.5,
+            f"{key}.{name}",
+            value,
+            "give a share of the image side, 0 (none) to below 0.5",
+        )
+    _require(
+        cfg.enabled is not True or cfg.shift_fraction > 0 or cfg.zoom_fraction > 0 or cfg.horizontal_flip,
+        f"{key}.enabled",
+        True,
+        f"no view besides the image itself: give {key}.shift_fraction or {key}.zoom_fraction above 0",
+    )
 
 
 LOCALISATION_SWITCH = ("auto", True, False)
@@ -651,6 +685,7 @@ def check_predict(cfg: PredictConfig) -> None:
     check_known_keys(cfg)
     _require(_positive_int(cfg.batch_size), "batch_size", cfg.batch_size, "give 1 or more images")
     _require(_positive_int(cfg.max_image_pixels), "max_image_pixels", cfg.max_image_pixels, "give 1 or more")
+    check_tta(cfg.tta, "tta")
 
 
 def check_app(cfg: AppConfig) -> None:

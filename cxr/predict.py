@@ -2,9 +2,10 @@
 
 PATH is a file, a folder (its PNG and JPEG files) or a list `images=[a.png,b.jpg]`. Per image it
 prints the probability of every finding and the findings at or above the model's validation-chosen
-thresholds (`operating_point=spec90`: another point the model carries); for a folder it also writes
-`predictions.csv`; with `heatmaps=true` it writes one Grad-CAM overlay PNG per image and positive
-finding, at the image's own resolution. A file that is
+thresholds (`operating_point=spec90`: another point the model carries), averaged over the test-time
+views the model was evaluated with (`tta.enabled=false`: the image alone; docs/evaluation.md); for a
+folder it also writes `predictions.csv`; with `heatmaps=true` it writes one Grad-CAM overlay PNG per
+image and positive finding (of the image alone), at the image's own resolution. A file that is
 not an image is named in one `cxr: error:` line and the others go on; the exit code is 2 if any failed.
 Every path is checked before the model loads (`cxr.serving.image_files`); files are decoded as a served
 request's rows are (`cxr.data.untrusted_images`, at most `max_image_pixels` an image).
@@ -32,6 +33,7 @@ def run(cfg: PredictConfig) -> int:
     # heavy (MLflow, Keras): after the checks
     import mlflow
 
+    from cxr.data.tta import chosen
     from cxr.serving import pyfunc
     from cxr.serving.gradcam import write_overlays
     from cxr.serving.image_files import collect_images
@@ -45,6 +47,9 @@ def run(cfg: PredictConfig) -> int:
     mlflow.set_tracking_uri(cfg.tracking.uri)
     model = pyfunc.load(cfg.model_uri, cfg.tracking.trusted_imports)
     model.thresholds_at(cfg.operating_point)  # an unknown point: one line, before any image is read
+    model.spec.tta = chosen(cfg.tta, model.spec.tta).spec()  # by default the views it was evaluated with
+    if model.views.enabled:
+        print(f"test-time augmentation: probabilities averaged over {model.views.describe()} of each image")
     result = predict_files(model, files, cfg.batch_size, cfg.max_image_pixels)
     output = Path(cfg.output_dir)
     findings = model.findings(result.scores, cfg.operating_point)

@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from cxr.config import CONF_DIR, Config, check_training, register_configs
 from cxr.data.prepared import PreparedData, load_prepared
 from cxr.data.splits import write_split_csv
+from cxr.data.tta import Views
 from cxr.runtime.console import announce, dataset_words, log
 from cxr.runtime.errors import CxrError, exit_on_user_error, run_command
 from cxr.runtime.masking import mask
@@ -145,8 +146,10 @@ def _train_one(cfg: Config, overrides: list[str] | None, parent_run_id: str | No
         mlflow.log_metric(mn.EPOCHS_TRAINED, len(history.epoch))
         fail_on_nan_loss(history)
         _stop_if_pruned(reporter)
+        views = Views.of(cfg.evaluation.tta)  # validation too: thresholds and calibrator see what test sees
+        mlflow.log_param(mn.TTA_VIEWS_PARAM, views.count)
         with tracking.timed("predict"):
-            predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size)
+            predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size, views)
         with tracking.timed("evaluate"):
             evaluation, calibration = evaluate_calibrated(predictions, cfg.evaluation, data.pathologies)
         with tracking.timed("log_evaluation"):

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxr.data.prepared import PreparedData, relocated
 from cxr.data.splits import write_split_csv
+from cxr.data.tta import Views
 from cxr.evaluation.box_localisation import images_of, localise_and_log
 from cxr.evaluation.member_selection import SELECTIONS, WEIGHTINGS, pool_size, verdict
 from cxr.evaluation.report import (
@@ -212,9 +213,12 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
     run_cfg, logged_split = runs.logged_run_inputs(candidates[0].run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     # every candidate scored once on validation and test: selection reads validation, the report both
+    views = Views.of(cfg.evaluation.tta)  # every member over the same views; the ensemble keeps them
     pool = pyfunc.CxrModel.of(
         [m.members[0] for m in loaded],
-        pyfunc.ModelSpec(list(loaded[0].pathologies), {}, [m.spec.image_sizes[0] for m in loaded], []),
+        pyfunc.ModelSpec(
+            list(loaded[0].pathologies), {}, [m.spec.image_sizes[0] for m in loaded], [], tta=views.spec()
+        ),
     )
     splits = ["val", "test"]
     pool_scores, data = predict_members(
@@ -243,6 +247,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             | ({"picks": p} if p is not None else {})
             for c, w, p in zip(candidates, weights, picks, strict=True)
         ],
+        tta=views.spec(),
     )
     model = pyfunc.CxrModel.of([k for m in loaded for k in m.members], spec)
     # the ensemble's own calibrator, thresholds and operating points, all chosen on its validation scores

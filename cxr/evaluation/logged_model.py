@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.data.prepared import relocated
 from cxr.data.splits import SPLIT_NAMES
+from cxr.data.tta import chosen
 from cxr.evaluation.box_localisation import SPLIT, images_of, localise_and_log
 from cxr.evaluation.report import evaluate_predictions, log_evaluation, summary_line, write_card
 from cxr.runtime.console import log
@@ -24,7 +25,7 @@ from cxr.runtime.errors import CxrError
 from cxr.serving import pyfunc
 from cxr.serving.inference import predict_model_splits
 from cxr.tracking import runs
-from cxr.tracking.names import OUT_OF_FOLD, REEVALUATED_TAG, VALIDATION_TAG
+from cxr.tracking.names import OUT_OF_FOLD, REEVALUATED_TAG, REEVALUATED_TTA_TAG, VALIDATION_TAG
 
 if TYPE_CHECKING:
     from cxr.config import EvaluateConfig
@@ -73,6 +74,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     run_cfg, logged_split = runs.logged_run_inputs(run_id)
     dataset = relocated(run_cfg.dataset, cfg.dataset_root, cfg.cache_dir)
     model = pyfunc.load(model_uri, cfg.tracking.trusted_imports)
+    views = chosen(cfg.evaluation.tta, model.spec.tta)
+    if views.spec() != model.spec.tta and model.spec.calibration:
+        log.warning(
+            f"cxr: the model's calibrator was fitted over {model.views.describe()}; "
+            f"scoring {views.describe()}"
+        )
+    model.spec.tta = views.spec()  # validation and the split alike, through the model's own scoring
     splits = ["val", cfg.split]
     predictions, data = predict_model_splits(
         model, dataset, splits, cfg.evaluation.batch_size, logged_split, split_source=f"run {run_id}"
@@ -82,7 +90,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     images_at = images_of(data, dataset, **source)
     with runs.reopened(run_id):  # its status and end time stay the training's
         log_evaluation(evaluation, cfg.evaluation.plots)
-        mlflow.set_tag(REEVALUATED_TAG, model_uri)
+        mlflow.set_tags({REEVALUATED_TAG: model_uri, REEVALUATED_TTA_TAG: views.describe()})
         located = {}
         if cfg.split == SPLIT:
             located = localise_and_log(model.members, model.spec.weights, images_at, data, cfg.evaluation)
@@ -90,7 +98,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
             write_card(replace(evaluation, metrics={**evaluation.metrics, **located}))
 
     results = {**evaluation.metrics, **located}
-    log.info(f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images)")
+    log.info(
+        f"\nEvaluated {model_uri} on the {cfg.split} split ({len(data.rows[cfg.split])} images, "
+        f"{views.describe()} each)"
+    )
     log.info(f"mean AUC [{cfg.evaluation.bootstrap.confidence:.0%} CI]: {summary_line(results, cfg.split)}")
     log.info(f"Logged to MLflow run {run_id} (store {cfg.tracking.uri}); {runs.ui_command(cfg.tracking.uri)}")
     return results

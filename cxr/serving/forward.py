@@ -8,6 +8,9 @@ tf.function retracing". Here each model gets one `tf.function` with a fixed inpu
 batch dimension is open, so it is traced exactly once, whatever the batch lengths; it wraps a
 callable object, not a function, so TensorFlow counts each model's traces on their own. Other
 backends use Keras's `predict_on_batch` (JAX compiles per shape without complaint).
+
+`forward_views` is the one place test-time augmentation is averaged (`cxr.data.tta`): evaluation,
+`cxr.predict` and serving all score a batch through it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import weakref
 
 import keras
 import numpy as np
+
+from cxr.data.tta import Views
 
 
 class _Call:
@@ -58,3 +63,15 @@ def forward(model: keras.Model) -> Forward:
     if model not in _COMPILED:
         _COMPILED[model] = Forward(model)
     return _COMPILED[model]
+
+
+def forward_views(model: keras.Model, batch: np.ndarray, views: Views) -> np.ndarray:
+    """The model's probabilities for a batch, averaged over each image's test-time views (the mean of
+    probabilities, before any calibrator: one is fitted on, and applied to, these means). Views off: the
+    batch's own outputs, exactly as `forward`."""
+    compiled = forward(model)
+    if not views.enabled:
+        return compiled(batch)
+    return np.mean([compiled(view) for view in views.apply(batch)], axis=0, dtype=np.float64).astype(
+        np.float32
+    )

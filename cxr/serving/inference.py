@@ -18,10 +18,11 @@ from omegaconf import OmegaConf
 
 from cxr.data.pipeline import CacheBatches
 from cxr.data.prepared import PreparedData, load_prepared
+from cxr.data.tta import NO_VIEWS, Views
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS
 from cxr.runtime import interrupt
 from cxr.runtime.errors import CxrError
-from cxr.serving.forward import forward
+from cxr.serving.forward import forward_views
 from cxr.serving.image_files import read_regular_file
 
 if TYPE_CHECKING:
@@ -50,17 +51,18 @@ class FilePredictions:
 
 
 def predict_splits(
-    model: keras.Model, data: PreparedData, splits: Iterable[str], batch_size: int
+    model: keras.Model, data: PreparedData, splits: Iterable[str], batch_size: int, views: Views = NO_VIEWS
 ) -> dict[str, Predictions]:
-    """Score the given splits of `data` in a fixed order, without augmentation, with the model's one
-    compiled inference (`cxr.serving.forward`: no retracing for the short last batch)."""
+    """Score the given splits of `data` in a fixed order, without training's random augmentation, with the
+    model's one compiled inference (`cxr.serving.forward`: no retracing for the short last batch); with
+    test-time `views`, each image's probabilities are their mean over its views."""
     out = {}
     for split in dict.fromkeys(splits):
         rows = data.rows[split]
         batches = CacheBatches(data.images, data.labels, rows, batch_size=batch_size)
-        compiled, scores = forward(model), []
+        scores = []
         for index in range(len(batches)):
-            scores.append(compiled(batches[index][0]))
+            scores.append(forward_views(model, batches[index][0], views))
             interrupt.raise_pending()
         scores = np.concatenate(scores) if scores else np.empty((0, model.outputs[0].shape[-1]), np.float32)
         out[split] = Predictions(data.labels[rows], scores, data.patients[rows], split_metadata(data, rows))
@@ -87,7 +89,8 @@ def predict_members(
     """Each member of a cxr model (`cxr.serving.pyfunc.CxrModel`) scored on a dataset's splits.
 
     Each member reads the dataset's cache at its own input size (built on first use), so an ensemble
-    of members trained at 224 and 320 px sees what each was trained on. Returns one {split: scores}
+    of members trained at 224 and 320 px sees what each was trained on; every member is scored over the
+    model's test-time views (`CxrModel.views`, from its spec). Returns one {split: scores}
     per member and the data at the first member's size (rows align across sizes).
     """
     splits = list(dict.fromkeys(splits))
@@ -100,7 +103,7 @@ def predict_members(
             by_size[size] = data = load_prepared(cfg, logged_split, split_source, warn=not by_size)
             if any(not np.array_equal(by_size[first_size].rows[s], data.rows[s]) for s in splits):
                 raise CxrError(f"the {size}px cache has other readable images than the first member's")
-        scores = predict_splits(member, by_size[size], splits, batch_size)
+        scores = predict_splits(member, by_size[size], splits, batch_size, model.views)
         per_member.append({s: p.scores for s, p in scores.items()})
     return per_member, by_size[first_size]
 

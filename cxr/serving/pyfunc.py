@@ -41,10 +41,11 @@ import cxr.models  # noqa: F401  (these three register the custom classes the sa
 import cxr.training.losses  # noqa: F401
 import cxr.training.metrics  # noqa: F401
 from cxr.data.images import resize
+from cxr.data.tta import Views
 from cxr.data.untrusted_images import MAX_IMAGE_PIXELS, check_pixels, decode_grey, image_header
 from cxr.runtime.errors import CxrError
 from cxr.serving.calibrators import apply_calibration
-from cxr.serving.forward import forward
+from cxr.serving.forward import forward_views
 from cxr.serving.limits import Deadline, RequestLimits, decode_slots, served_limits
 from cxr.serving.trust import check_code_file, import_trusted
 from cxr.tracking.naming import model_name
@@ -84,6 +85,9 @@ class ModelSpec:
     calibration: dict = field(default_factory=dict)
     # {name: {finding: threshold}}: operating points at a target (spec90, sens95, ...), chosen on validation
     operating_points: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # the test-time views it was evaluated with (cxr.data.tta.Views.spec), so it predicts with them too:
+    # its calibrator and thresholds were chosen on those mean scores; empty: none (every older model)
+    tta: dict = field(default_factory=dict)
 
 
 class CxrModel(mlflow.pyfunc.PythonModel):
@@ -131,6 +135,11 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         values = [chosen.get(p) for p in self.pathologies]
         return np.array([np.nan if v is None else v for v in values], np.float64)
 
+    @property
+    def views(self) -> Views:
+        """The test-time views every member's probabilities are averaged over (the spec's `tta`)."""
+        return Views.of(self.spec.tta)
+
     def combine(self, member_scores: Sequence[np.ndarray]) -> np.ndarray:
         """The ensemble's probabilities from each member's (N, pathologies) probabilities."""
         mean = np.tensordot(np.asarray(self.spec.weights), np.stack(member_scores), axes=1).astype(np.float32)
@@ -153,13 +162,14 @@ class CxrModel(mlflow.pyfunc.PythonModel):
         if not len(inputs):
             return np.empty((0, len(self.pathologies)), np.float32)
         per_member: list[list[np.ndarray]] = [[] for _ in self.members]
+        views = self.views
         for start in range(0, len(inputs), batch_size):
             if deadline is not None:
                 deadline.check(f"before scoring from image {start + 1} of {len(inputs)}")
             chunk = inputs[start : start + batch_size]
             batches = {size: np.stack([i[size] for i in chunk])[..., None] for size in chunk[0]}
             for scores, member, size in zip(per_member, self.members, self.spec.image_sizes, strict=True):
-                scores.append(forward(member)(batches[size]))  # traced once per member
+                scores.append(forward_views(member, batches[size], views))  # traced once per member
         return self.combine([np.concatenate(scores) for scores in per_member])
 
     def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.data.prepared import PreparedData
 from cxr.data.splits import split_digest
+from cxr.data.tta import Views
 from cxr.runtime.console import log
 from cxr.serving import pyfunc
 from cxr.tracking import versions
@@ -80,6 +81,7 @@ def log_trained_model(
         ),
         calibration=calibration or {},
         operating_points=evaluation.thresholds.get("operating_points", {}),
+        tta=Views.of(cfg.evaluation.tta).spec(),  # the views its thresholds and calibrator were chosen on
     )
     name = cfg.tracking.registered_model_name
     trial = {} if reporter is None else {"study": reporter.study_name, "trial": reporter.number}

@@ -28,6 +28,8 @@ CI_LOW, CI_HIGH = "_ci_low", "_ci_high"  # suffixes of a statistic's interval bo
 
 EPOCHS_TRAINED = "train/epochs_trained"
 PRUNED_AT_EPOCH = "train/pruned_at_epoch"
+# how many test-time views each image's evaluation scores average (1: none; cxr.data.tta)
+TTA_VIEWS_PARAM = "evaluation.tta_views"
 # a sweep's parent run
 BEST_VALUE = "sweep/best_value"
 
@@ -152,6 +154,7 @@ TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.state"  # a trial's run: COMPLETE, PRUNED or FAIL
 MODEL_SKIPPED_TAG = "cxr.model_skipped"  # why a sweep trial's run has no logged model
 REEVALUATED_TAG = "cxr.reevaluated_with"  # the model URI `cxr.evaluate` scored again
+REEVALUATED_TTA_TAG = "cxr.reevaluated_tta"  # the test-time views it scored over: `5 views (shift 0.03)`
 MEMBERS_TAG = "cxr.members"  # an ensemble's run: its member versions ("3,1,4")
 CV_FOLDS_TAG = "cxr.cv_folds"  # a cross-validated job's run: how many fold runs are its children
 PARENT_RUN_TAG = "mlflow.parentRunId"  # a grid or sweep child's parent run
