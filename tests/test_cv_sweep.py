@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from cxr.config import check_training
 from cxr.runtime.errors import CxrError
 from cxr.tracking import names as mn
-from tests.conftest import TINY, run_cli, store_overrides
-from tests.test_sweep import FAST, pruned_at_first_step, sweep_args
+from tests.conftest import run_cli
+from tests.test_sweep import pruned_at_first_step, sweep_args
 
 CV = ["optuna.cv_folds=2", "trainer.epochs=1"]
 
@@ -36,24 +36,6 @@ def runs_of(tmp):
 def test_cv_folds_values_are_checked(compose_cfg, overrides, key):
     with pytest.raises(CxrError, match=key):
         check_training(compose_cfg(overrides))
-
-
-@pytest.mark.slow
-def test_a_cross_validated_run_returns_the_mean_of_its_folds(compose_cfg, tmp_path, tiny_data):
-    from cxr.train import train
-
-    cfg = compose_cfg([*TINY, *FAST, *CV, *store_overrides(tmp_path, tiny_data)])
-    objective = train(cfg, ["optuna.cv_folds=2"])
-    everything = runs_of(tmp_path)
-    (cv,) = [r for r in everything if r.data.tags.get(mn.CV_FOLDS_TAG) == "2"]
-    folds = [r for r in everything if r.data.tags.get(mn.PARENT_RUN_TAG) == cv.info.run_id]
-    assert sorted(int(r.data.params["dataset.fold"]) for r in folds) == [0, 1]
-    assert all(r.data.params["dataset.split"] == "kfold" for r in folds)
-    values = [r.data.metrics[mn.OPTIMIZED] for r in folds]
-    assert objective == pytest.approx(sum(values) / 2)
-    assert cv.data.metrics[mn.OPTIMIZED] == pytest.approx(objective) and cv.info.status == "FINISHED"
-    history = MlflowClient(cfg.tracking.uri).get_metric_history(cv.info.run_id, mn.per_fold(mn.OPTIMIZED))
-    assert sorted(m.step for m in history) == [0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +61,11 @@ def test_a_cv_sweep_trial_optimises_the_mean_fold_auc_with_folds_nested(tmp_path
     assert trial.intermediate_values == pytest.approx({0: values[0], 1: trial.value})
     assert trial.user_attrs["mlflow_run_id"] == cv.info.run_id
     assert {r.info.run_name for r in folds} == {"cv-trial-0-fold0", "cv-trial-0-fold1"}
+    assert all(r.data.params["dataset.split"] == "kfold" for r in folds)
+    assert cv.data.metrics[mn.OPTIMIZED] == pytest.approx(trial.value) and cv.info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    history = client.get_metric_history(cv.info.run_id, mn.per_fold(mn.OPTIMIZED))
+    assert sorted(m.step for m in history) == [0, 1]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from cxr.data.prepared import relocated
+from cxr.data.tta import Views
 from cxr.evaluation.ensemble import Recording, load_members, matching_versions, record
 from cxr.evaluation.fold_members import FoldMember, check_folds, out_of_fold, validation_split
 from cxr.evaluation.report import evaluate_calibrated, evaluate_predictions, validation_and_test_line
@@ -67,6 +68,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
     loaded = load_members(candidates, cfg)
     dataset = relocated(members[0].config.dataset, cfg.dataset_root, cfg.cache_dir)
     k = len(members)
+    views = Views.of(cfg.evaluation.tta)  # every member over the same views; the ensemble keeps them
     spec = pyfunc.ModelSpec(
         pathologies=list(loaded[0].pathologies),
         thresholds={},  # chosen below, on the out-of-fold predictions
@@ -78,6 +80,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             | {"fold": m.fold[2]}
             for c, m in zip(candidates, members, strict=True)
         ],
+        tta=views.spec(),
     )
     model = pyfunc.CxrModel.of([m.members[0] for m in loaded], spec)
     # every member scores all of train_val and test (loaded by the first member's split: rows only);
