@@ -61,7 +61,14 @@ MODELS = {
         "dense_units": [128, 64],
         "l2": 1e-3,
     },
-    "small_cnn": {"name": "small_cnn", "filters": [16, 32, 64], "dense_units": 64, "dropout": 0.2, "l2": 0.0},
+    "small_cnn": {
+        "name": "small_cnn",
+        "filters": [16, 32, 64],
+        "dense_units": 64,
+        "dropout": 0.2,
+        "l2": 0.0,
+        "pooling": "avg",
+    },
 }
 LOSS = {"name": "dynamic_bce", "smoothing_factor": 0.1, "epsilon": 1e-7}
 OPTIMIZER = {"learning_rate": 1e-3, "weight_decay": 1e-4}  # the trainer's default adamw

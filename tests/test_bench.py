@@ -66,6 +66,7 @@ def test_benchmark_configs_are_the_schema_defaults():
     assert optimizer.pop("name") == "adamw" and optimizer == bench.OPTIMIZER | {
         "schedule": "constant",
         "warmup_epochs": 0,
+        "ema": 0.0,
     }
 
 
