@@ -9,6 +9,11 @@ patient-bootstrap intervals for each, on the findings with at least 3 positives 
 both the official train_val and test lists.
 
     CXR_SHARED_DATA=../shared/data python bench/real_data.py [--size 64] [--seeds 0 1 2] [--ablation]
+        [--folds 5]
+
+--folds K also trains the recipe as K fold models (`dataset.split=kfold`, each validated on its own
+K-th of train_val, trained on the rest) and scores their fold ensemble (`cxr.ensemble members=folds`)
+beside the seed ensemble of the single split.
 """
 
 from __future__ import annotations
@@ -267,6 +272,12 @@ def main() -> None:
         help="also the recipe with these ingredients set back, one at a time (all when none is named)",
     )
     parser.add_argument("--no-defaults", action="store_true", help="leave out the run with cxr's defaults")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="also the recipe as K fold models (dataset.split=kfold, seed 0) and their fold ensemble",
+    )
     parser.add_argument("--resamples", type=int, default=1000, help="patient-bootstrap resamples")
     parser.add_argument("--work", default=None, help="keep the release, cache and store here")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every training run")
@@ -315,6 +326,19 @@ def main() -> None:
     ensemble_args = [f"model_name={recipe}", f"ensemble_name={recipe}-ensemble", f"tracking.uri={uri}"]
     ensemble_args += [f"tracking.artifact_root={work}/mlruns/artifacts", "evaluation.plots=false"]
     cxr("cxr.ensemble", *ensemble_args, f"hydra.run.dir={work}/outputs/ensemble", env=env)
+    folds = f"{MODEL_PREFIX}-folds"
+    if args.folds:
+        t0 = time.perf_counter()
+        kfold = ["dataset.split=kfold", f"dataset.folds={args.folds}"]
+        fold_list = "dataset.fold=" + ",".join(map(str, range(args.folds)))
+        registered = f"tracking.registered_model_name={folds}"
+        sweep_dir = f"hydra.sweep.dir={work}/outputs/train-folds"
+        cxr("cxr.train", "-m", "experiment=nih_cpu", *kfold, *common, *tracking, registered, fold_list,
+            sweep_dir, env=env)  # fmt: skip
+        timings[f"{args.folds} fold models"] = time.perf_counter() - t0
+        fold_args = ["members=folds", f"model_name={folds}", f"ensemble_name={folds}-ensemble"]
+        fold_args += ensemble_args[2:]
+        cxr("cxr.ensemble", *fold_args, f"hydra.run.dir={work}/outputs/ensemble-folds", env=env)
 
     # the cache and split the recipe's runs used, for the baselines and the labels
     data = logged_data(uri, recipe)
@@ -336,6 +360,15 @@ def main() -> None:
         groups[name] = [(m, report(m, y, patients, columns, args.resamples)) for m in members]
     ensemble = registered_scores(uri, f"{recipe}-ensemble")[0]
     groups["nih_cpu top-5 ensemble"] = [(ensemble, report(ensemble, y, patients, columns, args.resamples))]
+    if args.folds:
+        fold_models = registered_scores(uri, folds)
+        groups[f"nih_cpu, {args.folds} fold models"] = [
+            (m, report(m, y, patients, columns, args.resamples)) for m in fold_models
+        ]
+        fold_ensemble = registered_scores(uri, f"{folds}-ensemble")[0]
+        groups[f"nih_cpu {args.folds}-fold ensemble"] = [
+            (fold_ensemble, report(fold_ensemble, y, patients, columns, args.resamples))
+        ]
 
     baseline = groups["pixel PCA + logistic"][0][1].summary["auc_mean"]
     print(f"\n{platform.machine()}, {os.cpu_count()} cores; {args.size} px; seeds {args.seeds}; ", end="")
@@ -356,6 +389,8 @@ def main() -> None:
         shown["cxr defaults (best val)"] = max(groups["cxr defaults"], key=lambda m: m[0].val_auc)[1]
     shown["nih_cpu (best val)"] = best_val[1]
     shown["nih_cpu ensemble"] = groups["nih_cpu top-5 ensemble"][0][1]
+    if args.folds:
+        shown[f"nih_cpu {args.folds}-fold ensemble"] = groups[f"nih_cpu {args.folds}-fold ensemble"][0][1]
     print("\nTest AUC [95% patient-bootstrap CI] per finding:\n")
     print(per_finding_table(shown))
     print("\ntraining: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

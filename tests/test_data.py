@@ -490,3 +490,20 @@ def prevalence_deviation(meta: pd.DataFrame, split: pd.Series, pathologies: list
             if (split == s).any()
         }
     )
+
+
+def test_a_split_left_without_readable_images_is_an_error_unless_it_never_had_any():
+    from cxr.data.prepared import usable_rows
+
+    table = pd.DataFrame({"split": ["train", "val", "val", "test"]})
+    assert {s: list(r) for s, r in usable_rows(table, {}).items()} == {
+        "train": [0],
+        "val": [1, 2],
+        "test": [3],
+    }
+    with pytest.raises(CxrError, match="no readable images left in the train split"):
+        usable_rows(table, {0: "truncated"}, may_lack=("train",))  # it had one: lost, not absent
+    out_of_fold = pd.DataFrame({"split": ["val", "val", "test"]})  # a fold ensemble's logged split
+    assert len(usable_rows(out_of_fold, {}, may_lack=("train",))["train"]) == 0
+    with pytest.raises(CxrError, match="no readable images left in the train split"):
+        usable_rows(out_of_fold, {})

@@ -57,3 +57,32 @@ def test_no_readable_file_gives_an_empty_result(model, tmp_path):
     out = predict_files(model, [str(tmp_path / "absent.png")])
     assert out.paths == [] and out.scores.shape == (0, len(NIH_PATHOLOGIES))
     assert "absent.png" in out.failures[str(tmp_path / "absent.png")]
+
+
+def test_split_scores_of_only_some_images_equal_the_full_scores_there_and_are_nan_elsewhere(keras_model):
+    """What a fold member scores: its own fold and test, not the images it trained on."""
+    from cxr.data.prepared import PreparedData
+    from cxr.serving.inference import predict_splits
+
+    n = 11
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"image_id": [f"{i}.png" for i in range(n)], "split": ["train"] * 7 + ["test"] * 4})
+    data = PreparedData(
+        table=table,
+        pathologies=tuple(NIH_PATHOLOGIES),
+        images=rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8),
+        labels=np.zeros((n, len(NIH_PATHOLOGIES)), np.float32),
+        patients=np.arange(n),
+        rows={"train": np.arange(7), "test": np.arange(7, n)},
+        cache=None,
+    )
+    full = predict_splits(keras_model, data, ["train", "test"], batch_size=3)
+    some = predict_splits(
+        keras_model, data, ["train", "test"], batch_size=3, only={"1.png", "4.png", "5.png", "8.png"}
+    )
+    for split, scored in (("train", [1, 4, 5]), ("test", [1])):
+        mask = np.isin(np.arange(len(data.rows[split])), scored)
+        np.testing.assert_allclose(some[split].scores[mask], full[split].scores[mask], rtol=1e-5, atol=1e-6)
+        assert np.isnan(some[split].scores[~mask]).all()
+    none = predict_splits(keras_model, data, ["test"], batch_size=3, only=set())
+    assert none["test"].scores.shape == (4, len(NIH_PATHOLOGIES)) and np.isnan(none["test"].scores).all()

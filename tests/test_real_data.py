@@ -12,7 +12,19 @@ import pytest
 
 from .conftest import REPO
 
-SHORT = ["--size", "32", "--seeds", "0", "--epochs", "1", "--no-defaults", "--resamples", "20"]
+SHORT = [
+    "--size",
+    "32",
+    "--seeds",
+    "0",
+    "--epochs",
+    "1",
+    "--no-defaults",
+    "--resamples",
+    "20",
+    "--folds",
+    "2",
+]
 SHORT += ["--set", "model.filters=[8,16]", "model.dense_units=8", "trainer.optimizer.warmup_epochs=0"]
 
 
@@ -33,6 +45,8 @@ def test_benchmark_runs_prepare_train_and_ensemble_on_real_images(shared_data, t
         "HOG + logistic",
         "experiment=nih_cpu",
         "nih_cpu top-5 ensemble",
+        "nih_cpu, 2 fold models",
+        "nih_cpu 2-fold ensemble",
     }
     assert all(0.3 < auc < 0.9 for auc in rows.values()), rows
     assert re.search(r"^\| \*\*mean\*\* \|", out, re.M), out

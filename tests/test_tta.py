@@ -119,6 +119,7 @@ def test_off_by_default(compose_cfg):
 
 
 # ---------------------------------------------------------------- end to end
+# on one backend: the mean over the views on each backend is the `backend` test above
 @pytest.fixture(scope="module")
 def tta_run(tmp_path_factory, tiny_data):
     """`cxr.train ... evaluation.tta.enabled=true` as a user types it; its store and run id."""
@@ -130,7 +131,6 @@ def tta_run(tmp_path_factory, tiny_data):
 
 
 @pytest.mark.slow
-@pytest.mark.backend
 def test_a_training_run_logs_its_views_and_the_model_keeps_them(tta_run):
     from cxr.serving import pyfunc
 
@@ -145,7 +145,6 @@ def test_a_training_run_logs_its_views_and_the_model_keeps_them(tta_run):
 
 
 @pytest.mark.slow
-@pytest.mark.backend
 def test_re_evaluation_uses_the_models_views_unless_told(tta_run):
     tmp, uri, run_id = tta_run
     client = MlflowClient(uri)
@@ -167,7 +166,6 @@ def test_re_evaluation_uses_the_models_views_unless_told(tta_run):
 
 
 @pytest.mark.slow
-@pytest.mark.backend
 def test_predict_averages_over_the_models_views(tta_run):
     tmp, uri, run_id = tta_run
     image = tmp / "x.png"

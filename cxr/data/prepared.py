@@ -43,13 +43,16 @@ class PreparedData:
         return int(self.images.shape[1])
 
 
-def usable_rows(table: pd.DataFrame, failures: dict[int, str]) -> dict[str, np.ndarray]:
-    """Row indices of each split without the images the cache could not read; no split may end empty."""
+def usable_rows(
+    table: pd.DataFrame, failures: dict[int, str], may_lack: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Row indices of each split without the images the cache could not read; no split may end empty,
+    except those in `may_lack` that had no image to begin with."""
     keep = np.ones(len(table), dtype=bool)
     keep[list(failures)] = False
     split = table["split"].to_numpy()
     rows = {s: np.flatnonzero((split == s) & keep) for s in SPLIT_NAMES}
-    empty = [s for s, r in rows.items() if len(r) == 0]
+    empty = [s for s, r in rows.items() if len(r) == 0 and not (s in may_lack and not (split == s).any())]
     if empty:
         raise CxrError(f"no readable images left in the {', '.join(empty)} split(s)")
     return rows
@@ -76,7 +79,9 @@ def load_prepared(
 
     `logged_split` (image_id, split; from a run's split.csv) replaces the configured split, so a
     logged model is always scored on the patients it was not trained on; `split_source` names it in
-    errors. With `warn`, unreadable images are named on stderr (they are always left out).
+    errors. A logged split may have no train images: a fold ensemble validates out of fold on all of
+    train_val (`cxr.evaluation.fold_ensemble`). With `warn`, unreadable images are named on stderr
+    (they are always left out).
     """
     data = load_table(cfg)
     table = data.table
@@ -94,7 +99,7 @@ def load_prepared(
         images=cache.images,
         labels=table[list(data.pathologies)].to_numpy(dtype=np.float32),
         patients=table["patient_id"].to_numpy(),
-        rows=usable_rows(table, cache.failures),
+        rows=usable_rows(table, cache.failures, ("train",) if logged_split is not None else ()),
         cache=cache,
         boxes=place_boxes(data.boxes, table, data.pathologies, cfg.image_size),
     )

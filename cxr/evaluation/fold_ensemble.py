@@ -83,11 +83,18 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
         tta=views.spec(),
     )
     model = pyfunc.CxrModel.of([m.members[0] for m in loaded], spec)
-    # every member scores all of train_val and test (loaded by the first member's split: rows only);
-    # a member's scores on its training images are dropped by out_of_fold below
-    source = f"run {candidates[0].run_id}"
+    # each member scores test and the one fold it validated on (NaN on its training images: out_of_fold
+    # below reads only a member's validated ones); rows as the first member's split loads them
+    first = members[0].split
+    test_ids = set(first.loc[first["split"] == "test", "image_id"])
     scores, data = predict_members(
-        model, dataset, ["train", "val", "test"], cfg.evaluation.batch_size, members[0].split, source
+        model,
+        dataset,
+        ["train", "val", "test"],
+        cfg.evaluation.batch_size,
+        first,
+        f"run {candidates[0].run_id}",
+        only=[m.validated() | test_ids for m in members],
     )
     train_val = np.sort(np.concatenate([data.rows["train"], data.rows["val"]]))
     full = []

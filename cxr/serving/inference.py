@@ -7,7 +7,7 @@ resizing the way the cache does it (`cxr.data.images`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,20 +51,30 @@ class FilePredictions:
 
 
 def predict_splits(
-    model: keras.Model, data: PreparedData, splits: Iterable[str], batch_size: int, views: Views = NO_VIEWS
+    model: keras.Model,
+    data: PreparedData,
+    splits: Iterable[str],
+    batch_size: int,
+    views: Views = NO_VIEWS,
+    only: Collection[str] | None = None,
 ) -> dict[str, Predictions]:
     """Score the given splits of `data` in a fixed order, without training's random augmentation, with the
     model's one compiled inference (`cxr.serving.forward`: no retracing for the short last batch); with
-    test-time `views`, each image's probabilities are their mean over its views."""
+    test-time `views`, each image's probabilities are their mean over its views. `only`: the image ids
+    to score (the rest stay NaN), for a member whose scores on other images would be thrown away."""
     out = {}
     for split in dict.fromkeys(splits):
         rows = data.rows[split]
-        batches = CacheBatches(data.images, data.labels, rows, batch_size=batch_size)
-        scores = []
+        scored = np.ones(len(rows), bool)
+        if only is not None:
+            scored = data.table["image_id"].iloc[rows].isin(only).to_numpy()
+        batches = CacheBatches(data.images, data.labels, rows[scored], batch_size=batch_size)
+        parts = [np.empty((0, model.outputs[0].shape[-1]), np.float32)]
         for index in range(len(batches)):
-            scores.append(forward_views(model, batches[index][0], views))
+            parts.append(forward_views(model, batches[index][0], views))
             interrupt.raise_pending()
-        scores = np.concatenate(scores) if scores else np.empty((0, model.outputs[0].shape[-1]), np.float32)
+        scores = np.full((len(rows), parts[0].shape[1]), np.nan, np.float32)
+        scores[scored] = np.concatenate(parts)
         out[split] = Predictions(data.labels[rows], scores, data.patients[rows], split_metadata(data, rows))
     return out
 
@@ -85,25 +95,28 @@ def predict_members(
     batch_size: int,
     logged_split: pd.DataFrame | None = None,
     split_source: str = "",
+    only: Sequence[Collection[str] | None] | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], PreparedData]:
     """Each member of a cxr model (`cxr.serving.pyfunc.CxrModel`) scored on a dataset's splits.
 
     Each member reads the dataset's cache at its own input size (built on first use), so an ensemble
     of members trained at 224 and 320 px sees what each was trained on; every member is scored over the
-    model's test-time views (`CxrModel.views`, from its spec). Returns one {split: scores}
-    per member and the data at the first member's size (rows align across sizes).
+    model's test-time views (`CxrModel.views`, from its spec); `only[i]`: the image ids member i scores
+    (NaN elsewhere; None: all). Returns one {split: scores} per member and the data at the first member's
+    size (rows align across sizes).
     """
     splits = list(dict.fromkeys(splits))
     first_size = model.spec.image_sizes[0]
     by_size: dict[int, PreparedData] = {}  # members at one size share the table and the cache
     per_member = []
-    for member, size in zip(model.members, model.spec.image_sizes, strict=True):
+    only = only or [None] * len(model.members)
+    for member, size, ids in zip(model.members, model.spec.image_sizes, only, strict=True):
         if size not in by_size:
             cfg = OmegaConf.merge(dataset_cfg, {"image_size": size})
             by_size[size] = data = load_prepared(cfg, logged_split, split_source, warn=not by_size)
             if any(not np.array_equal(by_size[first_size].rows[s], data.rows[s]) for s in splits):
                 raise CxrError(f"the {size}px cache has other readable images than the first member's")
-        scores = predict_splits(member, by_size[size], splits, batch_size, model.views)
+        scores = predict_splits(member, by_size[size], splits, batch_size, model.views, ids)
         per_member.append({s: p.scores for s, p in scores.items()})
     return per_member, by_size[first_size]
 
