@@ -148,6 +148,7 @@ def _train_one(cfg: Config, overrides: list[str] | None, parent_run_id: str | No
         _stop_if_pruned(reporter)
         views = Views.of(cfg.evaluation.tta)  # validation too: thresholds and calibrator see what test sees
         mlflow.log_param(mn.TTA_VIEWS_PARAM, views.count)
+        mlflow.set_tag(mn.TTA_TAG, views.describe())
         with tracking.timed("predict"):
             predictions = predict_splits(model, data, ["val", "test"], cfg.evaluation.batch_size, views)
         with tracking.timed("evaluate"):

@@ -3,6 +3,10 @@ training run, its re-evaluation and `cxr.predict` with `evaluation.tta` on."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -124,10 +128,23 @@ def test_off_by_default(compose_cfg):
 def tta_run(tmp_path_factory, tiny_data):
     """`cxr.train ... evaluation.tta.enabled=true` as a user types it; its store and run id."""
     tmp = tmp_path_factory.mktemp("tta")
-    out = run_cli("cxr.train", *TINY, *store_overrides(tmp, tiny_data), "evaluation.tta.enabled=true")
+    out = run_cli(
+        "cxr.train",
+        *TINY,
+        *store_overrides(tmp, tiny_data),
+        "evaluation.tta.enabled=true",
+        "tracking.registered_model_name=cxr-tta",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run_id = out.stdout.split("MLflow run ")[1].split()[0]
     return tmp, f"sqlite:///{tmp}/mlruns/mlflow.db", run_id
+
+
+def card(uri: str, run_id: str) -> dict:
+    """The run's report.json, as its report card's reader gets it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = MlflowClient(uri).download_artifacts(run_id, mn.REPORT_JSON_ARTIFACT, folder)
+        return json.loads(Path(path).read_text())
 
 
 @pytest.mark.slow
@@ -142,6 +159,12 @@ def test_a_training_run_logs_its_views_and_the_model_keeps_them(tta_run):
     mlflow.set_tracking_uri(uri)
     model = pyfunc.load(f"runs:/{run_id}")
     assert model.views == Views(shift_fraction=0.03)
+    # what a reader of the run, the registry and the report card sees
+    assert run.data.tags[mn.TTA_TAG] == "5 views (shift 0.03)"
+    assert (
+        MlflowClient(uri).get_model_version("cxr-tta", "1").tags[mn.TTA_VERSION_TAG] == "5 views (shift 0.03)"
+    )
+    assert card(uri, run_id)["model"]["test-time views"] == "5 views (shift 0.03)"
 
 
 @pytest.mark.slow
@@ -162,6 +185,9 @@ def test_re_evaluation_uses_the_models_views_unless_told(tta_run):
     )
     assert off.returncode == 0, off.stderr[-3000:]
     assert client.get_run(run_id).data.tags[mn.REEVALUATED_TTA_TAG] == "1 view (off)"
+    assert (
+        card(uri, run_id)["model"]["test-time views"] == "1 view (off)"
+    )  # the card of the latest evaluation
     assert client.get_metric_history(run_id, "test/auc_mean")[2].value != history[0].value
 
 

@@ -97,6 +97,7 @@ def test_a_trained_version_carries_what_ranking_and_use_need(registry):
     low, high = mn.interval(mn.RANK)
     assert float(tags[low]) <= float(tags[mn.RANK]) <= float(tags[high])
     assert tags["cxr.kind"] == "single" and tags["image_size"] == "32" and len(tags["split_digest"]) == 16
+    assert tags["tta"] == "1 view (off)"
     assert tags["run_name"] == run.info.run_name  # the version list says which run each version is
     assert client.get_model_version(NAME, "1").description == f"from run {run.info.run_name}"
     assert set(__import__("json").loads(tags["thresholds"])) == set(NIH_PATHOLOGIES)

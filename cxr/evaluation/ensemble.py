@@ -53,6 +53,7 @@ from cxr.tracking.names import (
     PARENT_RUN_TAG,
     SPLIT_ARTIFACT,
     SPLIT_DIGEST_TAG,
+    TTA_TAG,
     per_disease_table,
 )
 
@@ -165,7 +166,12 @@ def record(
     extra = dict(tags or {})
     with runs.tracked_run(logged_cfg, [], run_name=r.run_name) as run_id:
         mlflow.set_tags(
-            {MODEL_KIND_TAG: "ensemble", MEMBERS_TAG: ",".join(c.version for c in candidates), **extra}
+            {
+                MODEL_KIND_TAG: "ensemble",
+                MEMBERS_TAG: ",".join(c.version for c in candidates),
+                TTA_TAG: Views.of(spec.tta).describe(),
+                **extra,
+            }
         )
         mlflow.log_params({f"member.{i}.version": c.version for i, c in enumerate(candidates)})
         mlflow.log_params({f"member.{i}.run_id": c.run_id for i, c in enumerate(candidates)})

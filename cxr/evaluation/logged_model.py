@@ -89,8 +89,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, float]:
     source = {"logged_split": logged_split, "split_source": f"run {run_id}"}
     images_at = images_of(data, dataset, **source)
     with runs.reopened(run_id):  # its status and end time stay the training's
+        mlflow.set_tags({REEVALUATED_TAG: model_uri, REEVALUATED_TTA_TAG: views.describe()})  # the card's
         log_evaluation(evaluation, cfg.evaluation.plots)
-        mlflow.set_tags({REEVALUATED_TAG: model_uri, REEVALUATED_TTA_TAG: views.describe()})
         located = {}
         if cfg.split == SPLIT:
             located = localise_and_log(model.members, model.spec.weights, images_at, data, cfg.evaluation)

@@ -275,6 +275,7 @@ def run_identity(extra: dict | None = None) -> dict:
         ),
         "split digest": ", ".join(sorted(digests)),
         "commit": tags.get(mn.GIT_COMMIT_TAG, ""),
+        "test-time views": tags.get(mn.REEVALUATED_TTA_TAG) or tags.get(mn.TTA_TAG, ""),
         **(extra or {}),
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from cxr.data.tta import Views
 from cxr.runtime.errors import CxrError
 from cxr.tracking import names as metric_names
 from cxr.tracking.names import (
@@ -23,6 +24,7 @@ from cxr.tracking.names import (
     STUDY_TAG,
     THRESHOLDS_TAG,
     TRIAL_TAG,
+    TTA_VERSION_TAG,
 )
 
 RANK_METRIC = metric_names.RANK
@@ -64,6 +66,7 @@ def version_tags(
         EXPERIMENT_TAG: experiment,
         SPLIT_DIGEST_TAG: split_digest,
         IMAGE_SIZE_TAG: ",".join(map(str, spec.image_sizes)),
+        TTA_VERSION_TAG: Views.of(getattr(spec, "tta", None)).describe(),
         THRESHOLDS_TAG: json.dumps(spec.thresholds),
     }
     tags.update(metric_tags(metrics))
