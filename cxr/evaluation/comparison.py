@@ -79,6 +79,9 @@ def compare_versions(
     if names != their_names:
         found = f"{', '.join(names)} against {', '.join(their_names)}"
         raise CxrError(f"the two versions predict different findings: {found}")
+    # a fold ensemble's out-of-fold scores pair on the other's validation images (gates.aligned)
+    out_of_fold = mn.OUT_OF_FOLD in {(v.tags or {}).get(mn.VALIDATION_TAG) for v in (ours, theirs)}
+    p_ours, p_theirs = aligned(p_ours, p_theirs, out_of_fold)
     rows = paired_table(p_ours, p_theirs, names, resamples, confidence, seed)
     tests = [client.get_run(v.tags.get(mn.RUN_TAG) or v.run_id).data.metrics for v in (ours, theirs)]
     for row in rows:

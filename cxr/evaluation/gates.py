@@ -42,22 +42,47 @@ class Gate:
         return {"name": self.name, "passed": self.passed, "line": self.line}
 
 
-def aligned(candidate: Predictions, baseline: Predictions) -> tuple[Predictions, Predictions]:
-    """Both on the same validation images, in one order (by `image_id` in their metadata)."""
+def aligned(
+    candidate: Predictions, baseline: Predictions, out_of_fold: bool = False
+) -> tuple[Predictions, Predictions]:
+    """Both on the same validation images, in one order (by `image_id` in their metadata).
+
+    `out_of_fold`: one side is a fold ensemble's out-of-fold scores (tag cxr.validation), which cover
+    all of train_val, each image scored by a member that did not train on it; they are paired on the
+    other side's validation images, which must lie among them."""
     if candidate.metadata is None or baseline.metadata is None:
         raise CxrError("validation predictions without image ids cannot be paired")
+    if out_of_fold:
+        candidate, baseline = _on_common_images(candidate, baseline)
     ids_c = candidate.metadata["image_id"].to_numpy()
     ids_b = pd.Index(baseline.metadata["image_id"].to_numpy())
     if len(ids_c) != len(ids_b) or not ids_b.isin(ids_c).all():
         raise CxrError(
             f"the two versions were validated on different images ({len(ids_c)} and {len(ids_b)}): "
-            "compare versions trained on one patient split (tag split_digest)"
+            "compare versions trained on one patient split (tag split_digest), or a fold ensemble "
+            "(cxr.ensemble members=folds) with a model trained on the same train_val list"
         )
     order = ids_b.get_indexer(ids_c)
     b = Predictions(
         baseline.labels[order], baseline.scores[order], baseline.patients[order], candidate.metadata
     )
     return candidate, b
+
+
+def _on_common_images(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
+    """Both cut to the smaller side's images when the larger holds them all; else unchanged."""
+    ids_a, ids_b = (pd.Index(p.metadata["image_id"].to_numpy()) for p in (a, b))
+    small = ids_a if len(ids_a) <= len(ids_b) else ids_b
+    large = ids_b if small is ids_a else ids_a
+    if not small.isin(large).all():
+        return a, b
+    return _rows(a, ids_a.isin(small)), _rows(b, ids_b.isin(small))
+
+
+def _rows(p: Predictions, keep: np.ndarray) -> Predictions:
+    return Predictions(
+        p.labels[keep], p.scores[keep], p.patients[keep], p.metadata[keep].reset_index(drop=True)
+    )
 
 
 def _signed(x: float) -> str:
@@ -93,10 +118,14 @@ def _gap_of_means(p: Predictions, pathologies: Sequence[str], cfg: GatesConfig) 
 
 
 def check_gates(
-    candidate: Predictions, baseline: Predictions, pathologies: Sequence[str], cfg: GatesConfig
+    candidate: Predictions,
+    baseline: Predictions,
+    pathologies: Sequence[str],
+    cfg: GatesConfig,
+    out_of_fold: bool = False,
 ) -> list[Gate]:
-    """The four gates of `candidate` against `baseline` (aligned first), one Gate each."""
-    candidate, baseline = aligned(candidate, baseline)
+    """The four gates of `candidate` against `baseline` (aligned first, `aligned`), one Gate each."""
+    candidate, baseline = aligned(candidate, baseline, out_of_fold)
     point, boot = paired_auc_difference(candidate, baseline, cfg.resamples, cfg.seed)
     low, high = confidence_interval(_nanmean_rows(boot), cfg.confidence)
     mean = float(_nanmean_rows(point[None, :])[0])
