@@ -188,7 +188,7 @@ def test_a_model_and_a_loss_from_the_users_code_train_log_and_load(user_dir, tmp
 
     not_small_cnn = [o for o in TINY if not o.startswith("model.")]
     args = ["--config-dir", str(user_dir), "model=tiny_net", "loss=scaled_bce", *not_small_cnn]
-    out = run_cli("cxr.train", *args, *store_overrides(tmp_path))
+    out = run_cli("cxr.train", *args, *store_overrides(tmp_path), "tracking.registered_model_name=users-net")
     assert out.returncode == 0, out.stderr[-3000:]
 
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -213,3 +213,10 @@ def test_a_model_and_a_loss_from_the_users_code_train_log_and_load(user_dir, tmp
     checkpoint = sorted((tmp_path / "output" / "checkpoints").glob("*.keras"))[-1]
     model = keras.saving.load_model(checkpoint)  # a checkpoint keeps its compiled loss
     assert isinstance(model.loss, ScaledBCE) and model.loss.scale == 2.0
+
+    # an ensemble of it names the same module, so it loads where its member would
+    module = TARGET.rsplit(".", 1)[0]
+    trusted = f"tracking.trusted_imports=[{module}]"
+    ens = run_cli("cxr.ensemble", "model_name=users-net", "top_k=1", f"tracking.uri={uri}", trusted)
+    assert ens.returncode == 0, ens.stderr[-3000:]
+    assert pyfunc.load("models:/users-net/2", [module]).spec.imports == [module]

@@ -142,6 +142,11 @@ class Recording:
     run_name: str
 
 
+def member_imports(loaded: list[pyfunc.CxrModel]) -> list[str]:
+    """The user modules any member's layers need (`ModelSpec.imports`): the ensemble loads them all."""
+    return sorted({module for m in loaded for module in m.spec.imports})
+
+
 def record(
     cfg: EnsembleConfig,
     client: MlflowClient,
@@ -253,6 +258,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             | ({"picks": p} if p is not None else {})
             for c, w, p in zip(candidates, weights, picks, strict=True)
         ],
+        imports=member_imports(loaded),
         tta=views.spec(),
     )
     model = pyfunc.CxrModel.of([k for m in loaded for k in m.members], spec)

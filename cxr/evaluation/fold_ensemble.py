@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.data.prepared import relocated
 from cxr.data.tta import Views
-from cxr.evaluation.ensemble import Recording, load_members, matching_versions, record
+from cxr.evaluation.ensemble import Recording, load_members, matching_versions, member_imports, record
 from cxr.evaluation.fold_members import FoldMember, check_folds, out_of_fold, validation_split
 from cxr.evaluation.report import evaluate_calibrated, evaluate_predictions, validation_and_test_line
 from cxr.evaluation.scoring import mean_auc
@@ -80,6 +80,7 @@ def build(cfg: EnsembleConfig) -> dict[str, float]:
             | {"fold": m.fold[2]}
             for c, m in zip(candidates, members, strict=True)
         ],
+        imports=member_imports(loaded),
         tta=views.spec(),
     )
     model = pyfunc.CxrModel.of([m.members[0] for m in loaded], spec)
