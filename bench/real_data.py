@@ -276,7 +276,7 @@ def main() -> None:
         "--folds",
         type=int,
         default=0,
-        help="also the recipe as K fold models (dataset.split=kfold, the default seed) and their fold ensemble",
+        help="also the recipe as K fold models (dataset.split=kfold, default seed) and their ensemble",
     )
     parser.add_argument("--resamples", type=int, default=1000, help="patient-bootstrap resamples")
     parser.add_argument("--work", default=None, help="keep the release, cache and store here")
