@@ -506,6 +506,37 @@ def test_workers_creating_a_new_storage_together_all_succeed(tmp_path):
             assert pool.map(_open_storage, [url] * 4) == ["ok"] * 4
 
 
+def test_workers_setting_the_same_new_tags_on_the_parent_run_together_all_succeed(tmp_path):
+    """Workers that finish trials at the same moment record the best trial on the one parent run; a
+    plain `set_tag` of a tag another worker is inserting fails on its unique key (seen in CI)."""
+    import threading
+
+    from cxr.sweep.parent_run import ParentRun
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("race")).info.run_id
+    start, errors = threading.Barrier(4), []
+
+    def worker(number: int) -> None:
+        parent = ParentRun(MlflowClient(uri), run_id, uri)
+        for key in range(4):
+            start.wait()
+            try:
+                parent.set_tags({f"best_{key}": number, "best_trial": number})
+            except Exception as err:  # noqa: BLE001 - the test reports any failure
+                errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    tags = client.get_run(run_id).data.tags
+    assert {tags[f"best_{k}"] for k in range(4)} <= {"0", "1", "2", "3"} and tags["best_trial"] in "0123"
+
+
 @pytest.mark.slow  # imports Keras
 def test_a_job_reopens_its_trial_from_the_storage_with_the_sweeps_pruner_and_is_pruned(tmp_path):
     """What a job knows is its `optuna` config node; pruner and monitored metric come from the storage."""

@@ -118,7 +118,7 @@ class GridParent(Callback):
             print(table.to_string(float_format=lambda v: f"{v:.4f}"))
         if note:
             print(f"[cxr grid] {note}")
-            self.parent.client.set_tag(self.parent.run_id, metric_names.NOTE_TAG, note)
+            self.parent.set_tags({metric_names.NOTE_TAG: note})
         self.parent.finish(table)
         print(f"[cxr grid] {len(frame)} finished run(s); MLflow parent run {self.parent.run_id}; ", end="")
         print(self.parent.ui_command(), flush=True)

@@ -90,10 +90,20 @@ class ParentRun:
             return
         best = study.best_trial
         self.client.log_metric(self.run_id, metric_names.BEST_VALUE, best.value, step=step)
-        self.client.set_tag(self.run_id, metric_names.BEST_TRIAL_TAG, str(best.number))
-        self.client.set_tag(self.run_id, metric_names.BEST_RUN_TAG, str(best.user_attrs.get(RUN_ID_ATTR)))
-        for key, value in best.params.items():
-            self.client.set_tag(self.run_id, metric_names.BEST_PARAM_PREFIX + key, str(value))
+        self.set_tags(
+            {
+                metric_names.BEST_TRIAL_TAG: best.number,
+                metric_names.BEST_RUN_TAG: best.user_attrs.get(RUN_ID_ATTR),
+                **{metric_names.BEST_PARAM_PREFIX + key: value for key, value in best.params.items()},
+            }
+        )
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        """Set tags on the parent run in one batch. Workers share the run and may set the same new tag
+        at the same moment: MLflow's `set_tag` then fails on the tag's unique key, its batch retries."""
+        from mlflow.entities import RunTag  # heavy: MLflow (Hydra's plugin scan imports this module)
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def finish(self, summary: pd.DataFrame | None = None) -> None:
         """Log the summary table (if any) as `summary.csv` and end the run FINISHED."""

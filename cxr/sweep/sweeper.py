@@ -261,7 +261,7 @@ class CxrOptunaSweeper(Sweeper):
         for line in chosen.lines(cfg.evaluation.bootstrap.confidence):
             print(line)
         if chosen.within_noise is not None:
-            parent.client.set_tag(parent.run_id, SELECTION_TAG, str(chosen.within_noise).lower())
+            parent.set_tags({SELECTION_TAG: str(chosen.within_noise).lower()})
 
     def _finish(self, study: optuna.Study, parent: ParentRun, url: str) -> None:
         from optuna.trial import TrialState  # heavy: optuna, on use
