@@ -124,6 +124,7 @@ class SmallCnnConfig(ModelConfig):
     dropout: float = 0.2
     l2: float = 0.0
     pooling: str = "avg"  # avg, or avgmax: global average and max pooling side by side (small findings)
+    convs_per_block: int = 1  # 3x3 convolutions before each pooling: 2 is VGG's pattern
 
     def min_image_size(self) -> int:
         return 2 ** len(self.filters)  # each block halves the side; the last must keep one pixel
@@ -755,6 +756,8 @@ def check_training(cfg: Config) -> None:
     check_trainer(t)
     if OmegaConf.get_type(cfg.model) is SmallCnnConfig:
         _choice("model.pooling", cfg.model.pooling, SMALL_CNN_POOLINGS)
+        n = cfg.model.convs_per_block
+        _require(_positive_int(n), "model.convs_per_block", n, "give 1 or more convolutions a block")
     minimum = min_image_size(cfg.model)
     _require(
         d.image_size >= minimum,

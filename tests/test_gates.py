@@ -98,25 +98,19 @@ def test_the_gates_refuse_the_same_images_missing():
         check_gates(a, b, NIH_PATHOLOGIES, GATES)
 
 
-def rows_of(p: Predictions, keep) -> Predictions:
-    return Predictions(
-        p.labels[keep], p.scores[keep], p.patients[keep], p.metadata[keep].reset_index(drop=True)
-    )
-
-
 ONE_FOLD = np.repeat(np.arange(N_PATIENTS) % 5 == 1, PER_PATIENT)  # a fifth of the patients: fold 1
 
 
 def test_out_of_fold_scores_pair_on_the_other_sides_validation_images_only():
     """A fold ensemble's out-of-fold scores cover all of train_val; a model trained on one split of the
     same train_val list was validated on some of those images: they are compared there."""
-    oof, single = validation(0.35, version_seed=3), rows_of(validation(0.8), ONE_FOLD)
+    oof, single = validation(0.35, version_seed=3), validation(0.8).take(ONE_FOLD)
     with pytest.raises(Exception, match="different images"):
         check_gates(oof, single, NIH_PATHOLOGIES, GATES)
     for candidate, baseline, better in ((oof, single, True), (single, oof, False)):
         gates = by_name(check_gates(candidate, baseline, NIH_PATHOLOGIES, GATES, out_of_fold=True))
         assert gates["mean_auc"].passed is better, gates["mean_auc"].line
-    elsewhere = rows_of(validation(0.8), slice(-300, None))
+    elsewhere = validation(0.8).take(slice(-300, None))
     elsewhere.metadata["image_id"] = [f"other-{i}.png" for i in range(300)]  # not among the OOF images
     with pytest.raises(Exception, match="different images"):
         check_gates(oof, elsewhere, NIH_PATHOLOGIES, GATES, out_of_fold=True)
@@ -256,7 +250,7 @@ def test_a_fold_ensemble_is_gated_against_a_champion_on_the_champions_validation
     from cxr.evaluation.comparison import compare_versions
 
     uri, client, _ = store
-    single = register(client, rows_of(validation(0.8, version_seed=4), ONE_FOLD))
+    single = register(client, validation(0.8, version_seed=4).take(ONE_FOLD))
     client.set_registered_model_alias(NAME, "champion", single)  # a champion validated on fold 1 alone
     folds = register(client, validation(0.35, version_seed=3))
     client.set_model_version_tag(NAME, folds, mn.VALIDATION_TAG, mn.OUT_OF_FOLD)

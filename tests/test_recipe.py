@@ -33,6 +33,7 @@ def test_nih_cpu_composes_and_passes_the_value_checks(compose_cfg):
         (["trainer.optimizer.ema=1.0"], "trainer.optimizer.ema"),
         (["trainer.optimizer.ema=-0.5"], "trainer.optimizer.ema"),
         (["model=small_cnn", "model.pooling=max"], "model.pooling"),
+        (["model=small_cnn", "model.convs_per_block=0"], "model.convs_per_block"),
     ],
 )
 def test_schedule_values_are_checked(compose_cfg, overrides, key):
@@ -74,6 +75,15 @@ def test_avgmax_pooling_sees_a_peak_that_averaging_dilutes():
     model = build_model(cfg, 16, 3)
     assert model.get_layer("gap_gmp").output.shape == (None, 8)  # 4 averaged + 4 maximal channels
     assert model.predict(np.zeros((1, 16, 16, 1), "uint8"), verbose=0).shape == (1, 3)
+
+
+@pytest.mark.backend
+def test_two_convolutions_a_block_keep_the_first_ones_names_and_the_resolution():
+    cfg = OmegaConf.structured(SmallCnnConfig(filters=[4, 8], dense_units=4, convs_per_block=2))
+    model = build_model(cfg, 16, 3)
+    convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert convs == ["conv0", "conv0_1", "conv1", "conv1_1"]
+    assert model.get_layer("relu1_1").output.shape == (None, 8, 8, 8)  # pooled once, before block 1
 
 
 @pytest.mark.backend

@@ -17,7 +17,7 @@ from cxr.evaluation.stored_predictions import frame_predictions
 from cxr.runtime.errors import CxrError
 from cxr.serving.inference import Predictions
 from cxr.tracking import names as mn
-from cxr.tracking import promotion
+from cxr.tracking import promotion, versions
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -80,8 +80,7 @@ def compare_versions(
         found = f"{', '.join(names)} against {', '.join(their_names)}"
         raise CxrError(f"the two versions predict different findings: {found}")
     # a fold ensemble's out-of-fold scores pair on the other's validation images (gates.aligned)
-    out_of_fold = mn.OUT_OF_FOLD in {(v.tags or {}).get(mn.VALIDATION_TAG) for v in (ours, theirs)}
-    p_ours, p_theirs = aligned(p_ours, p_theirs, out_of_fold)
+    p_ours, p_theirs = aligned(p_ours, p_theirs, versions.any_out_of_fold(ours, theirs))
     rows = paired_table(p_ours, p_theirs, names, resamples, confidence, seed)
     tests = [client.get_run(v.tags.get(mn.RUN_TAG) or v.run_id).data.metrics for v in (ours, theirs)]
     for row in rows:

@@ -11,7 +11,7 @@ from cxr.evaluation.stored_predictions import frame_predictions
 from cxr.runtime.errors import CxrError
 from cxr.serving.inference import Predictions
 from cxr.tracking import promotion, versions
-from cxr.tracking.names import OUT_OF_FOLD, VAL_PREDICTIONS_ARTIFACT, VALIDATION_TAG
+from cxr.tracking.names import VAL_PREDICTIONS_ARTIFACT
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -42,7 +42,7 @@ def gate_version(
     (ours, names), (theirs, their_names) = _stored(client, candidate), _stored(client, base)
     if names != their_names:
         raise CxrError(f"versions {version} and {base.version} of {name} predict different findings")
-    out_of_fold = OUT_OF_FOLD in {c.tags.get(VALIDATION_TAG) for c in (candidate, base)}
+    out_of_fold = versions.any_out_of_fold(candidate, base)
     if out_of_fold:
         said += " (the fold ensemble's out-of-fold scores on the other's validation images)"
     return check_gates(ours, theirs, names, cfg, out_of_fold), said

@@ -76,13 +76,7 @@ def _on_common_images(a: Predictions, b: Predictions) -> tuple[Predictions, Pred
     large = ids_b if small is ids_a else ids_a
     if not small.isin(large).all():
         return a, b
-    return _rows(a, ids_a.isin(small)), _rows(b, ids_b.isin(small))
-
-
-def _rows(p: Predictions, keep: np.ndarray) -> Predictions:
-    return Predictions(
-        p.labels[keep], p.scores[keep], p.patients[keep], p.metadata[keep].reset_index(drop=True)
-    )
+    return a.take(ids_a.isin(small)), b.take(ids_b.isin(small))
 
 
 def _signed(x: float) -> str:

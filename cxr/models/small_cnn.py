@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 def build_small_cnn(cfg: SmallCnnConfig, x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     for i, filters in enumerate(cfg.filters):
-        x = layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{i}"
-        )(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
+        for j in range(cfg.convs_per_block):
+            suffix = f"{i}" if j == 0 else f"{i}_{j}"  # a one-conv model keeps the names it always had
+            x = layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, kernel_regularizer=reg, name=f"conv{suffix}"
+            )(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"bn{suffix}")(x)
+            x = layers.ReLU(name=f"relu{suffix}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     pooled = layers.GlobalAveragePooling2D(name="gap")(x)
     if cfg.pooling == "avgmax":  # a small nodule or mass is a peak that averaging over the chest dilutes

@@ -40,6 +40,11 @@ class Predictions:
     # (N rows) image_id and what subgroups are cut by (sex, age, view, follow_up) where the dataset has them
     metadata: pd.DataFrame | None = None
 
+    def take(self, keep: np.ndarray) -> Predictions:
+        """These rows only (a boolean mask or indices), in that order."""
+        meta = None if self.metadata is None else self.metadata[keep].reset_index(drop=True)
+        return Predictions(self.labels[keep], self.scores[keep], self.patients[keep], meta)
+
 
 @dataclass(frozen=True)
 class FilePredictions:

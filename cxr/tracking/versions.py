@@ -18,6 +18,7 @@ from cxr.tracking.names import (
     EXPERIMENT_TAG,
     IMAGE_SIZE_TAG,
     MODEL_KIND_TAG,
+    OUT_OF_FOLD,
     RUN_NAME_TAG,
     RUN_TAG,
     SPLIT_DIGEST_TAG,
@@ -25,6 +26,7 @@ from cxr.tracking.names import (
     THRESHOLDS_TAG,
     TRIAL_TAG,
     TTA_VERSION_TAG,
+    VALIDATION_TAG,
 )
 
 RANK_METRIC = metric_names.RANK
@@ -74,6 +76,12 @@ def version_tags(
         tags[STUDY_TAG] = study
         tags[TRIAL_TAG] = str(trial)
     return tags
+
+
+def any_out_of_fold(*versions) -> bool:
+    """Whether any of these versions (registry versions or `Candidate`s) is a fold ensemble whose
+    validation scores are out of fold: the gates then pair it on the other's validation images."""
+    return OUT_OF_FOLD in {(v.tags or {}).get(VALIDATION_TAG) for v in versions}
 
 
 def metric_tags(metrics: dict[str, float]) -> dict[str, str]:
