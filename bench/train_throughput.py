@@ -64,6 +64,7 @@ MODELS = {
     "small_cnn": {
         "name": "small_cnn",
         "filters": [16, 32, 64],
+        "convs_per_block": 1,
         "dense_units": 64,
         "dropout": 0.2,
         "l2": 0.0,
