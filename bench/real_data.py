@@ -47,6 +47,7 @@ ABLATIONS: dict[str, list[str]] = {
     "small_cnn's default 3 blocks": ["model.filters=[16,32,64]", "model.dense_units=64", "model.dropout=0.2"],
     "constant learning rate": ["trainer.optimizer.schedule=constant", "trainer.optimizer.warmup_epochs=0"],
     "10 epochs": ["trainer.epochs=10"],
+    "batch 32": ["trainer.batch_size=32"],
     "validation share 0.1": ["dataset.val_fraction=0.1"],
     "early stopping on val_auc": [
         "callbacks.early_stopping.enabled=true",

@@ -20,6 +20,7 @@ def test_nih_cpu_composes_and_passes_the_value_checks(compose_cfg):
     assert cfg.trainer.optimizer.schedule == "cosine" and not cfg.callbacks.reduce_lr.enabled
     assert cfg.callbacks.checkpoint.monitor == "val_auc" and cfg.callbacks.checkpoint.mode == "max"
     assert not cfg.callbacks.early_stopping.enabled
+    assert cfg.trainer.batch_size == 16 and not cfg.dataset.augment.horizontal_flip  # both measured
     check_training(compose_cfg(["experiment=nih_cpu", "dataset.image_size=64"]))  # it works at 64 px
 
 
