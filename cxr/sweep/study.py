@@ -41,6 +41,39 @@ def heartbeat_settings(settings: CxrOptunaSweeperConf) -> dict[str, Any]:
     return {k: settings[k] for k in ("heartbeat_interval", "grace_period", "max_retry")}
 
 
+class RetryAndRecord:
+    """Optuna's RetryHeartbeatStaleTrialCallback that also keeps the trials it was called for.
+
+    `optuna.storages.fail_stale_trials` calls it only for the trials whose FAIL this process wrote (the
+    storage lets one process fail a trial), so of several workers recovering together exactly one
+    ends each dead trial's run (`stale_trials_failed_here`).
+    """
+
+    def __init__(self, max_retry: int | None):
+        import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
+
+        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.failed: list[optuna.trial.FrozenTrial] = []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._retry(study, trial)
+        self.failed.append(trial)
+
+
+def stale_trials_failed_here(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail the study's trials whose heartbeat stopped (queued again up to `max_retry`), and return those
+    this call failed: none that another worker failed first, or that had failed before."""
+    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
+
+    callback = study._storage.get_heartbeat_stale_trial_callback()
+    if not isinstance(callback, RetryAndRecord):  # a storage without cxr's heartbeat settings
+        optuna.storages.fail_stale_trials(study)
+        return []
+    start = len(callback.failed)
+    optuna.storages.fail_stale_trials(study)
+    return callback.failed[start:]
+
+
 def rdb_storage(
     url: str, heartbeat: Mapping[str, Any] | None = None, attempts: int = 5
 ) -> optuna.storages.RDBStorage:
@@ -54,7 +87,6 @@ def rdb_storage(
     Workers that start together on a new database race to create its tables: a new SQLite file is
     created under a lock beside it; a database server's loser is retried a few times.
     """
-    import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -63,9 +95,7 @@ def rdb_storage(
         kwargs.update(
             heartbeat_interval=heartbeat["heartbeat_interval"],
             grace_period=heartbeat["grace_period"],
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=heartbeat["max_retry"]
-            ),
+            heartbeat_stale_trial_callback=RetryAndRecord(heartbeat["max_retry"]),
         )
     db = sqlite_file(url)
     if db is None:

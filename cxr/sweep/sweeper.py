@@ -27,7 +27,7 @@ from cxr.runtime.errors import CxrError, exit_on_user_error
 from cxr.runtime.masking import mask
 from cxr.sweep import best, space
 from cxr.sweep.parent_run import ParentRun, summary_table
-from cxr.sweep.study import RUN_ID_ATTR, create_or_join, storage_url
+from cxr.sweep.study import RUN_ID_ATTR, create_or_join, stale_trials_failed_here, storage_url
 from cxr.tracking.names import SELECTION_TAG
 
 if TYPE_CHECKING:
@@ -155,15 +155,8 @@ class CxrOptunaSweeper(Sweeper):
     def _recover(self, study: optuna.Study, parent: ParentRun) -> None:
         """Trials whose worker died (no heartbeat for `grace_period` s) become FAIL and are queued again
         (`max_retry`); their runs, and the study's runs whose process is gone, end KILLED."""
-        import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
-        from optuna.trial import TrialState  # heavy: optuna, on use
-
         s = self.settings
-        running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if trial._trial_id not in running:
-                continue
+        for trial in stale_trials_failed_here(study):  # of workers recovering together, one ends each
             print(
                 f"[cxr sweep] trial {trial.number} stopped beating for {s.grace_period} s (its worker died): "
                 f"FAIL, run again up to {s.max_retry} times",
