@@ -389,3 +389,31 @@ def test_a_trial_beats_from_the_process_that_runs_it_and_once_that_dies_is_faile
     assert first.state == TrialState.FAIL
     assert again.state == TrialState.WAITING and again.params == first.params
     assert again.system_attrs["failed_trial"] == 0
+
+
+def test_of_two_workers_recovering_one_dead_trial_exactly_one_is_told_to_end_its_run(tmp_path):
+    """Both joined the study while the trial beat; its beat stopped; both recover at once. The storage
+    lets one of them fail it, and only that one may end the trial's MLflow run (two ending it collided)."""
+    from optuna.distributions import FloatDistribution
+
+    from cxr.sweep.settings import CxrOptunaSweeperConf
+    from cxr.sweep.study import create_or_join, stale_trials_failed_here
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    settings = OmegaConf.structured(
+        CxrOptunaSweeperConf(study_name="race", heartbeat_interval=1, grace_period=1)
+    )
+    searched = {"x": FloatDistribution(0.0, 1.0)}
+    first, _ = create_or_join(settings, url, searched)
+    second, created = create_or_join(settings, url, searched)  # another worker: its own storage object
+    assert not created
+    trial = first.ask(searched)
+    first._storage.record_heartbeat(trial._trial_id)  # it began beating, then its worker died
+    time.sleep(2.5)
+    told = [stale_trials_failed_here(second), stale_trials_failed_here(first)]
+    assert sorted(len(t) for t in told) == [0, 1]
+    (dead,) = told[0] + told[1]
+    assert dead.number == trial.number and dead.state == TrialState.FAIL
+    assert stale_trials_failed_here(first) == [] and stale_trials_failed_here(second) == []
+    states = [t.state for t in first.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]  # queued again once, not twice
