@@ -62,13 +62,11 @@ class RetryAndRecord:
 
 def stale_trials_failed_here(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Fail the study's trials whose heartbeat stopped (queued again up to `max_retry`), and return those
-    this call failed: none that another worker failed first, or that had failed before."""
+    this call failed: none that another worker failed first, or that had failed before. `study` is one
+    `create_or_join` opened (its storage carries cxr's heartbeat settings, so a RetryAndRecord)."""
     import optuna  # heavy: optuna, on use (Hydra's plugin scan imports this module)
 
-    callback = study._storage.get_heartbeat_stale_trial_callback()
-    if not isinstance(callback, RetryAndRecord):  # a storage without cxr's heartbeat settings
-        optuna.storages.fail_stale_trials(study)
-        return []
+    callback: RetryAndRecord = study._storage.get_heartbeat_stale_trial_callback()
     start = len(callback.failed)
     optuna.storages.fail_stale_trials(study)
     return callback.failed[start:]
@@ -87,7 +85,6 @@ def rdb_storage(
     Workers that start together on a new database race to create its tables: a new SQLite file is
     created under a lock beside it; a database server's loser is retried a few times.
     """
-
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
